@@ -1,0 +1,83 @@
+"""Export formats behind one small shape, so parity and benchmarks are written once.
+
+Each format module (``spnas.formats.onnx``, ``.tflite``, ``.coreml``) provides:
+
+- ``SUFFIX``: the artifact file (or package) suffix, e.g. ``".tflite"``;
+- ``export(ctx: ExportContext) -> list[Artifact]``: write the artifacts the context asks for;
+- ``load(path) -> Runner``: open an artifact for inference in the format's real runtime.
+
+A ``Runner`` takes the uint8 (N, 224, 224, 3) RGB crops of ``spnas.preprocess`` and
+returns float32 logits (N, num_classes); it applies normalisation, layout and input
+quantization itself, exactly as a deployed app would.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from spnas.errors import SpnasError
+
+FORMATS = ("onnx", "tflite", "coreml")
+EXTRAS = {"onnx": "onnx", "tflite": "tflite", "coreml": "coreml"}
+
+
+class Runner(Protocol):
+    format: str
+    precision: str  # "fp32" | "fp16" | "int8"
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) RGB crops -> float32 logits (N, num_classes)."""
+
+
+@dataclass
+class Artifact:
+    format: str
+    precision: str
+    path: Path
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportContext:
+    """Everything an exporter needs; built once by the CLI and shared by all formats."""
+
+    model: Any  # spnas.model.SPNasNet in eval mode, float32
+    weights: Any  # spnas.weights.WeightsInfo
+    preprocessing: Any  # spnas.preprocess.PreprocessSpec
+    calibration_pixels: np.ndarray  # uint8 (N, 224, 224, 3), disjoint from the parity set
+    out_dir: Path
+    int8: bool = False
+    fp16: bool = False
+    options: dict[str, Any] = field(default_factory=dict)  # format-specific CLI flags
+    progress: Callable[[str], Any] = print
+
+
+def format_module(name: str):
+    """Import a format module lazily, with a one-line hint when its extra is missing."""
+    if name not in FORMATS:
+        raise SpnasError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
+    try:
+        return importlib.import_module(f"spnas.formats.{name}")
+    except ModuleNotFoundError as exc:
+        raise SpnasError(f"format {name!r} needs {exc.name!r}: pip install 'spnas[{EXTRAS[name]}]'") from exc
+
+
+def format_of(path: str | Path) -> str:
+    """The format of an artifact path, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    for name, module_suffix in ((".onnx", "onnx"), (".tflite", "tflite"), (".mlpackage", "coreml")):
+        if suffix == name:
+            return module_suffix
+    raise SpnasError(f"{path}: unknown artifact type {suffix!r} (expected .onnx, .tflite or .mlpackage)")
+
+
+def load_runner(path: str | Path) -> Runner:
+    path = Path(path)
+    if not path.exists():
+        raise SpnasError(f"{path}: no such artifact")
+    return format_module(format_of(path)).load(path)

@@ -1,0 +1,72 @@
+"""Shared test fixtures: the shared data folder, the trained fixture weights, image sets.
+
+Shared data is found through ``$SPNAS_SHARED_DATA`` or ``../shared/data``. Outside CI a
+missing file skips the tests that need it; in CI (``CI=true``) it is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_path(relative: str) -> Path:
+    base = Path(os.environ.get("SPNAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    path = base / relative
+    if not path.exists():
+        message = f"shared data missing: {path} (set SPNAS_SHARED_DATA or provide ../shared/data)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def imagenet_dir() -> Path:
+    return shared_path("imagenet-sample")
+
+
+@pytest.fixture(scope="session")
+def labels_csv(imagenet_dir) -> Path:
+    return shared_path("imagenet-sample/labels.csv")
+
+
+@pytest.fixture(scope="session")
+def fixture_weights() -> Path:
+    """Trained (not ImageNet-accurate) spnasnet_100 weights in timm layout."""
+    return shared_path("spnasnet_100_fixture.safetensors")
+
+
+@pytest.fixture(scope="session")
+def fixture_model(fixture_weights):
+    import spnas
+
+    return spnas.create_model(str(fixture_weights))
+
+
+@pytest.fixture(scope="session")
+def calib_pixels(labels_csv) -> np.ndarray:
+    """uint8 crops of labels.csv rows 0-63: calibration, disjoint from ``parity_pixels``."""
+    from spnas.images import labelled_rows
+
+    return labelled_rows(labels_csv, 0, 64).pixels
+
+
+@pytest.fixture(scope="session")
+def parity_pixels(labels_csv) -> np.ndarray:
+    """uint8 crops of labels.csv rows 600-639: held-out parity images."""
+    from spnas.images import labelled_rows
+
+    return labelled_rows(labels_csv, 600, 640).pixels
+
+
+@pytest.fixture(scope="session")
+def reference_logits(fixture_model, parity_pixels) -> np.ndarray:
+    from spnas.reference import TorchRunner
+
+    return TorchRunner(fixture_model).run(parity_pixels)
