@@ -11,11 +11,20 @@ from pathlib import Path
 from spnas.errors import SpnasError
 
 
-def ensure_out_dir(out_dir: str | Path) -> Path:
-    """Create the output folder, or fail in one line if it is a file or unwritable."""
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Fail early, in one line, on an output folder that cannot be used; creates nothing."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SpnasError(f"--out {out_dir}: exists and is not a directory")
+    existing = next((p for p in [out_dir, *out_dir.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise SpnasError(f"--out {out_dir}: {existing} is not a writable directory")
+    return out_dir
+
+
+def ensure_out_dir(out_dir: str | Path) -> Path:
+    """Create the output folder, or fail in one line if it is a file or unwritable."""
+    out_dir = check_out_dir(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

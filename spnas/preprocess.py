@@ -38,7 +38,8 @@ class PreprocessSpec:
         return {**asdict(self), "resize_size": self.resize_size, "mean": list(self.mean),
                 "std": list(self.std),
                 "steps": ["convert RGB", f"resize short side to {self.resize_size} ({self.interpolation})",
-                          f"center crop {self.input_size}", f"divide by {self.pixel_divisor:g}", "subtract mean, divide by std"]}
+                          f"center crop {self.input_size}", f"divide by {self.pixel_divisor:g}",
+                          "subtract mean, divide by std"]}
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from spnas.formats import RunnerBase
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 
-class TorchRunner:
+class TorchRunner(RunnerBase):
     format = "pytorch"
     precision = "fp32"
 
@@ -16,12 +17,14 @@ class TorchRunner:
         self.spec = spec
         self.batch_size = batch_size
 
-    def run(self, pixels: np.ndarray) -> np.ndarray:
+    def prepare(self, pixels: np.ndarray) -> np.ndarray:
+        return normalize(pixels, self.spec)
+
+    def invoke(self, prepared: np.ndarray) -> np.ndarray:
         import torch
 
         outputs = []
         with torch.inference_mode():
-            for start in range(0, len(pixels), self.batch_size):
-                batch = torch.from_numpy(normalize(pixels[start:start + self.batch_size], self.spec))
-                outputs.append(self.model(batch).numpy())
+            for start in range(0, len(prepared), self.batch_size):
+                outputs.append(self.model(torch.from_numpy(prepared[start:start + self.batch_size])).numpy())
         return np.concatenate(outputs).astype(np.float32)

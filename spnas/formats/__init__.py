@@ -8,15 +8,17 @@ Each format module (``spnas.formats.onnx``, ``.tflite``, ``.coreml``) provides:
 
 A ``Runner`` takes the uint8 (N, 224, 224, 3) RGB crops of ``spnas.preprocess`` and
 returns float32 logits (N, num_classes); it applies normalisation, layout and input
-quantization itself, exactly as a deployed app would.
+quantization itself, exactly as a deployed app would.  ``prepare`` and ``invoke`` are
+split so benchmarks time the runtime alone, not the numpy preprocessing.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,8 +32,24 @@ class Runner(Protocol):
     format: str
     precision: str  # "fp32" | "fp16" | "int8"
 
+    def prepare(self, pixels: np.ndarray) -> Any:
+        """uint8 (N, H, W, 3) RGB crops -> the runtime's input (normalised, laid out, quantized)."""
+
+    def invoke(self, prepared: Any) -> np.ndarray:
+        """Run the runtime on prepared input -> float32 logits (N, num_classes)."""
+
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) RGB crops -> float32 logits (N, num_classes)."""
+        """``invoke(prepare(pixels))``."""
+
+
+class RunnerBase:
+    """Gives a runner ``run`` from its ``prepare`` and ``invoke``."""
+
+    format: str
+    precision: str
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self.invoke(self.prepare(pixels))
 
 
 @dataclass

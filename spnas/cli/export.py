@@ -1,0 +1,157 @@
+"""``spnas-export``: SPNasNet to ONNX / TFLite / CoreML, float and int8, with parity proof."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from spnas import __version__
+
+EPILOG = """\
+examples:
+  spnas-export --format tflite --int8
+  spnas-export --format all --int8 --weights model.safetensors --calib photos/ --out exports/
+  spnas-export --format onnx --int8 --weights hf-hub:timm/spnasnet_100.rmsp_in1k
+
+Weights default to "auto": the Hugging Face cache, else the hub, else random weights
+with a warning (random weights are for trying the tool, not for deployment).
+Exit codes: 0 all artifacts pass their parity gate, 1 a gate failed, 2 usage or input error.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spnas-export", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--format", required=True, choices=["onnx", "tflite", "coreml", "all"],
+                        help="target format, or all three")
+    parser.add_argument("--int8", action="store_true", help="also write an int8 post-training-quantized artifact")
+    parser.add_argument("--fp16", action="store_true", help="TFLite/ONNX: also write a float16-weight artifact")
+    parser.add_argument("--weights", default="auto", metavar="W",
+                        help='"auto" (default), "random", "hf-hub:timm/spnasnet_100.rmsp_in1k", or a '
+                             ".safetensors/.pth/.bin file in timm layout")
+    parser.add_argument("--calib", metavar="DIR",
+                        help="folder of calibration images (recursive; JPEG/PNG/WebP); default: a small embedded set")
+    parser.add_argument("--num-calib", type=int, default=200, metavar="N", help="calibration images (default 200)")
+    parser.add_argument("--num-parity", type=int, default=50, metavar="N",
+                        help="held-out parity images, disjoint from calibration (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration/parity split (default 0)")
+    parser.add_argument("--out", default="exports", metavar="DIR", help="output folder (default exports/)")
+    parser.add_argument("--strict", action="store_true", help="fail (exit 1) when weights are random")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"spnas {__version__}")
+    tflite = parser.add_argument_group("TFLite")
+    tflite.add_argument("--uint8-input", action="store_true",
+                        help="int8 model takes raw uint8 RGB with normalisation folded into the graph")
+    onnx = parser.add_argument_group("ONNX")
+    onnx.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
+    coreml = parser.add_argument_group("CoreML")
+    coreml.add_argument("--fp32", action="store_true", help="float32 mlprogram instead of the float16 default")
+    coreml.add_argument("--image-input", action="store_true",
+                        help="ct.ImageType input with scale/bias, so an app passes a CVPixelBuffer")
+    coreml.add_argument("--coreml-int8-mode", choices=["w8a8", "w8"], default="w8a8",
+                        help="int8 variant: weights and activations (default) or weights only")
+    android = parser.add_argument_group("Android")
+    android.add_argument("--android-assets", metavar="DIR",
+                         help="copy the int8 (else float) .tflite, labels, preprocessing JSON and a golden pair here")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.num_calib < 1:
+        parser.error("--num-calib must be at least 1")
+    if args.num_parity < 1:
+        parser.error("--num-parity must be at least 1")
+    if args.android_assets and args.format not in ("tflite", "all"):
+        parser.error("--android-assets needs --format tflite or all")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    from spnas.cli import run_cli
+
+    return run_cli(lambda: export(args), args.debug)
+
+
+def export(args: argparse.Namespace) -> int:
+    import warnings
+    from pathlib import Path
+
+    from spnas import create_model
+    from spnas.console import Console, install_warning_format
+    from spnas.formats import FORMATS, ExportContext, format_module
+    from spnas.images import split_images
+    from spnas.io import artifact_size, check_out_dir, ensure_out_dir
+    from spnas.preprocess import DEFAULT_SPEC
+    from spnas.report import build_report, write_report
+    from spnas.verify import evaluate, summary_table
+
+    console = Console(args.quiet)
+    install_warning_format(console)
+    names = list(FORMATS) if args.format == "all" else [args.format]
+    modules = {name: format_module(name) for name in names}  # fail early on a missing extra
+    out_dir = check_out_dir(args.out)
+    spec = DEFAULT_SPEC
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with console.step("loading calibration and parity images"):
+            calib, parity = split_images(args.calib, args.num_calib, args.num_parity, args.seed, spec)
+        if args.calib is None:
+            warnings.warn("calibrating on the small embedded image set; 200+ images from your deployment "
+                          "domain (--calib DIR) calibrate int8 better", stacklevel=1)
+        console.info(f"{len(calib)} calibration images, {len(parity)} held-out parity images from {calib.root}")
+        with console.step(f"loading weights ({args.weights})"):
+            model = create_model(args.weights, calib_pixels=calib.pixels)
+    weights = model.weights_info
+    messages = [str(w.message) for w in caught]
+    if weights.warning and weights.warning not in messages:
+        messages.append(weights.warning)
+    for message in messages:
+        console.warn(message)
+    if weights.is_random and args.strict:
+        console.warn("--strict: refusing random weights")
+        return 1
+    from spnas.reference import TorchRunner
+
+    reference = TorchRunner(model, spec).run(parity.pixels)
+    options = {k: getattr(args, k) for k in ("uint8_input", "dynamic_batch", "fp32", "image_input",
+                                             "coreml_int8_mode")}
+    ensure_out_dir(out_dir)
+    entries = []
+    for name, module in modules.items():
+        ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
+                            out_dir=out_dir, int8=args.int8, fp16=args.fp16, options=options, progress=console.info)
+        with console.step(f"exporting {name}"):
+            artifacts = module.export(ctx)
+        for artifact in artifacts:
+            with console.step(f"parity of {artifact.path.name} on {len(parity)} held-out images"):
+                result = evaluate(module.load(artifact.path), parity.pixels, reference,
+                                  random_weights=weights.is_random)
+            entries.append({"format": artifact.format, "precision": artifact.precision,
+                            "path": str(Path(artifact.path).relative_to(out_dir)),
+                            "size_bytes": artifact_size(artifact.path), **result, "details": artifact.details})
+    report = build_report(weights=weights, preprocessing=spec, calibration=calib, parity_images=parity,
+                          artifacts=entries, warnings=messages)
+    report_path = write_report(report, out_dir / "report.json")
+    if args.android_assets:
+        sync_android_assets(out_dir, entries, args.android_assets, spec, console)
+    print(summary_table(entries))
+    print(f"\nwrote {len(entries)} artifact(s) and {report_path}")
+    if weights.is_random:
+        console.warn("random weights: NOT FOR DEPLOYMENT (int8 gate not applicable)")
+    return 0 if all(entry["passed"] is not False for entry in entries) else 1
+
+
+def sync_android_assets(out_dir, entries, assets_dir, spec, console) -> None:
+    from spnas.android import sync_assets
+
+    tflite = [e for e in entries if e["format"] == "tflite"]
+    chosen = next((e for e in tflite if e["precision"] == "int8"), tflite[0])
+    with console.step(f"syncing Android assets into {assets_dir}"):
+        sync_assets(out_dir / chosen["path"], assets_dir, spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""``spnas-verify``: the parity gate for CI, over any of our artifacts.
+
+Exit codes: 0 every artifact passes, 1 any artifact fails a threshold, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from spnas import __version__
+
+EPILOG = """\
+examples:
+  spnas-verify exports/spnasnet_100_int8.tflite --weights model.safetensors --images val/
+  spnas-verify exports/*.onnx exports/*.tflite --json parity.json --markdown parity.md
+  spnas-verify exports/spnasnet_100_int8.tflite --explain
+
+Without --images, the held-out parity images listed in the report.json beside the artifact
+are used, so the figures equal the ones spnas-export reported. Default thresholds per
+precision: fp32 relative error <= 1e-5; fp16 SQNR >= 35 dB; int8 top-1 agreement >= 0.85
+and SQNR >= 20 dB (see README, "Parity thresholds").
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spnas-verify", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".onnx, .tflite or .mlpackage")
+    parser.add_argument("--weights", metavar="W",
+                        help="reference weights (default: the source recorded in the artifact's report.json)")
+    parser.add_argument("--images", metavar="DIR",
+                        help="parity images; default: the report's held-out parity set")
+    parser.add_argument("--num-calib", type=int, default=200, metavar="N",
+                        help="with --images: calibration share of the split to skip, as spnas-export (default 200)")
+    parser.add_argument("--num-parity", type=int, default=50, metavar="N",
+                        help="with --images: parity images (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="with --images: split seed, as spnas-export (default 0)")
+    parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")
+    parser.add_argument("--min-sqnr-db", type=float, metavar="Y", help="override the SQNR floor (dB)")
+    parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="write a Markdown table for a CI comment")
+    parser.add_argument("--explain", action="store_true", help="int8: per-layer SQNR drift, worst first")
+    parser.add_argument("--arm64", action="store_true",
+                        help="also run .tflite artifacts on aarch64 LiteRT under qemu emulation")
+    parser.add_argument("--strict", action="store_true", help="random reference weights fail the gate")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"spnas {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from spnas.cli import run_cli
+
+    return run_cli(lambda: verify(args), args.debug)
+
+
+def load_report_beside(artifact):
+    import json
+
+    path = artifact.parent / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def parity_images(args, report):
+    """The images to verify on: --images split like spnas-export, else the report's parity set."""
+    from pathlib import Path
+
+    from spnas.errors import SpnasError
+    from spnas.images import load_images, split_images
+
+    if args.images:
+        return split_images(args.images, args.num_calib, args.num_parity, args.seed)[1]
+    if not report:
+        raise SpnasError("no --images given and no report.json beside the artifact to take parity images from")
+    root = Path(report["parity_images"]["source"])
+    paths = [root / entry["file"] for entry in report["parity_images"]["manifest"]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise SpnasError(f"parity image {missing[0]} from report.json is gone; pass --images DIR")
+    return load_images(paths, root)
+
+
+def reference_model(args, report):
+    from pathlib import Path
+
+    from spnas import create_model
+    from spnas.errors import SpnasError
+    from spnas.images import load_images
+
+    weights = args.weights or (report and report["weights"]["source"])
+    if not weights:
+        raise SpnasError("no --weights given and no report.json beside the artifact naming them")
+    bn_pixels = None
+    if weights == "random" and report:  # rebuild the same random model: BN re-estimated on the same images
+        root = Path(report["calibration"]["source"])
+        bn_pixels = load_images([root / e["file"] for e in report["calibration"]["manifest"]], root).pixels
+    return create_model(weights, calib_pixels=bn_pixels)
+
+
+def thresholds_for(precision: str, args):
+    import dataclasses
+
+    from spnas.parity import DEFAULT_THRESHOLDS
+
+    overrides = {"min_top1": args.min_top1, "min_sqnr_db": args.min_sqnr_db, "max_rel_error": args.max_rel_error}
+    return dataclasses.replace(DEFAULT_THRESHOLDS[precision], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def verify(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+    from pathlib import Path
+
+    from spnas.console import Console, install_warning_format
+    from spnas.errors import SpnasError
+    from spnas.formats import format_of, load_runner
+    from spnas.io import artifact_size, atomic_write_text
+    from spnas.reference import TorchRunner
+    from spnas.verify import evaluate, summary_markdown, summary_table
+
+    console = Console(args.quiet)
+    install_warning_format(console)
+    artifacts = [Path(a) for a in args.artifacts]
+    for artifact in artifacts:
+        if not artifact.exists():
+            raise SpnasError(f"{artifact}: no such artifact")
+        format_of(artifact)
+    if args.arm64 and not all(format_of(a) == "tflite" for a in artifacts):
+        raise SpnasError("--arm64 runs .tflite artifacts only")
+    report = load_report_beside(artifacts[0])
+    with console.step("loading parity images"):
+        images = parity_images(args, report)
+    with console.step("loading reference weights"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = reference_model(args, report)
+    random_weights = model.weights_info.is_random
+    if random_weights and args.strict:
+        raise SpnasError("--strict: the reference weights are random; parity against them proves nothing")
+    reference = TorchRunner(model).run(images.pixels)
+    entries = []
+    for artifact in artifacts:
+        with console.step(f"parity of {artifact.name} on {len(images)} images"):
+            runner = load_runner(artifact)
+            entry = {"format": runner.format, "precision": runner.precision, "path": str(artifact),
+                     "size_bytes": artifact_size(artifact),
+                     **evaluate(runner, images.pixels, reference, thresholds=thresholds_for(runner.precision, args),
+                                random_weights=random_weights)}
+        if args.explain and runner.precision == "int8":
+            entry["explain"] = explain(artifact, images.pixels, model, console)
+        if args.arm64:
+            entry["arm64"] = arm64_parity(artifact, images.pixels, reference, console)
+            if entry["arm64"]["passed"] is False:
+                entry["passed"] = False
+                entry["gate"]["status"] = "failed"
+                entry["gate"]["failures"].append("arm64: " + "; ".join(entry["arm64"]["failures"]))
+        entries.append(entry)
+    result = {"spnas_version": __version__, "weights": model.weights_info.to_dict(),
+              "images": {"n_images": len(images), "source": str(images.root)}, "artifacts": entries}
+    print(summary_table(entries))
+    for entry in entries:
+        for failure in entry["gate"]["failures"]:
+            print(f"FAIL {Path(entry['path']).name}: {failure}")
+        if "explain" in entry:
+            print_explain(entry)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        atomic_write_text(args.markdown, summary_markdown(entries) + "\n")
+    return 0 if all(entry["passed"] is not False for entry in entries) else 1
+
+
+def explain(artifact, pixels, model, console) -> list[dict]:
+    """Per-layer int8 drift from the format module's ``explain`` hook, worst first."""
+    from spnas.errors import SpnasError
+    from spnas.formats import format_module, format_of
+
+    module = format_module(format_of(artifact))
+    if not hasattr(module, "explain"):
+        raise SpnasError(f"--explain is not available for {format_of(artifact)} artifacts")
+    with console.step(f"per-layer drift of {artifact.name}"):
+        layers = module.explain(artifact, pixels[:8], model)
+    return sorted(layers, key=lambda layer: layer["sqnr_db"])
+
+
+def print_explain(entry: dict, worst: int = 10) -> None:
+    from pathlib import Path
+
+    from spnas.console import format_table
+
+    print(f"\nper-layer int8 drift of {Path(entry['path']).name} (worst {worst} of {len(entry['explain'])}):")
+    rows = [[layer["layer"], f"{layer['sqnr_db']:.1f}"] for layer in entry["explain"][:worst]]
+    print(format_table(["layer", "SQNR dB"], rows))
+
+
+def arm64_parity(artifact, pixels, reference, console) -> dict:
+    from spnas.arm64 import verify_arm64
+
+    with console.step(f"aarch64 parity of {artifact.name} under emulation"):
+        return verify_arm64(artifact, pixels, reference, progress=console.info)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Terminal output shared by the CLIs: progress lines, tables, one-line errors and warnings."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+
+
+class Console:
+    """Progress and messages on stderr, so stdout carries only tables and requested output."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(f"spnas: {message}", file=sys.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"spnas: warning: {message}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, message: str):
+        """Announce a possibly long step, then say how long it took."""
+        self.info(f"{message} ...")
+        start = time.perf_counter()
+        yield
+        self.info(f"{message}: done in {time.perf_counter() - start:.1f}s")
+
+
+def install_warning_format(console: Console) -> None:
+    """Show Python warnings (e.g. skipped images, random weights) as one ``spnas: warning:`` line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        console.warn(str(message))
+
+    warnings.showwarning = show
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in [headers, ["-" * w for w in widths], *rows]]
+    return "\n".join(lines)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Parity of artifacts against the PyTorch reference, gated per precision.
+
+Written once over the ``Runner`` interface and shared by ``spnas-export`` (which fills the
+report's ``parity`` blocks) and ``spnas-verify`` (the CI gate), so both give the same
+figures for the same artifact and images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from spnas.console import format_table, markdown_table
+from spnas.parity import DEFAULT_THRESHOLDS, Thresholds, compare, to_json_number
+
+RANDOM_NOT_APPLICABLE = "not applicable (random weights)"
+
+
+def evaluate(runner, pixels: np.ndarray, reference_logits: np.ndarray, *, thresholds: Thresholds | None = None,
+             random_weights: bool = False) -> dict:
+    """Run one artifact on the parity images and gate it; returns the report's artifact fields."""
+    metrics = compare(reference_logits, runner.run(pixels))
+    gate = thresholds or DEFAULT_THRESHOLDS[runner.precision]
+    failures = gate.failures(metrics)
+    if random_weights and runner.precision == "int8":
+        status, passed = RANDOM_NOT_APPLICABLE, None
+    else:
+        status, passed = ("passed" if not failures else "failed"), not failures
+    return {
+        "parity": {key: to_json_number(value) for key, value in metrics.items()},
+        "gate": {"status": status, "thresholds": {k: v for k, v in vars(gate).items() if v is not None},
+                 "failures": failures},
+        "passed": passed,
+    }
+
+
+TABLE_HEADERS = ["artifact", "format", "precision", "n", "top1", "top5", "SQNR dB", "cosine", "max err", "rel err",
+                 "size MB", "gate"]
+
+
+def table_rows(entries: list[dict]) -> list[list[str]]:
+    rows = []
+    for entry in entries:
+        parity = entry["parity"]
+        sqnr = parity["sqnr_db"]
+        rows.append([
+            Path(entry["path"]).name, entry["format"], entry["precision"], str(parity["n_images"]),
+            f"{parity['top1_agreement']:.3f}", f"{parity['top5_agreement']:.3f}",
+            sqnr if isinstance(sqnr, str) else f"{sqnr:.1f}", f"{parity['cosine']:.5f}",
+            f"{parity['max_abs_error']:.2e}", f"{parity['max_rel_error']:.1e}",
+            f"{entry['size_bytes'] / 1e6:.2f}", entry["gate"]["status"].upper() if entry["passed"] is not None
+            else entry["gate"]["status"],
+        ])
+    return rows
+
+
+def summary_table(entries: list[dict]) -> str:
+    return format_table(TABLE_HEADERS, table_rows(entries))
+
+
+def summary_markdown(entries: list[dict]) -> str:
+    return markdown_table(TABLE_HEADERS, table_rows(entries))
