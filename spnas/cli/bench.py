@@ -1,0 +1,163 @@
+"""``spnas-bench``: SPNasNet latency on this machine, on the paper's Pixel 1, and on your phone."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from spnas import __version__
+
+EPILOG = """\
+examples:
+  spnas-bench exports/spnasnet_100_fp32.tflite exports/spnasnet_100_int8.tflite --threads 1,2
+  spnas-bench exports/spnasnet_100_int8.tflite exports/spnasnet_100_int8.onnx pytorch --json bench.json --plot bench.png
+  spnas-bench --target pixel1
+  spnas-bench --adb --benchmark-binary android_aarch64_benchmark_model --taskset f0 exports/spnasnet_100_int8.tflite
+
+Host mode times only the runtime call (LiteRT with XNNPACK for .tflite, ONNX Runtime for .onnx,
+PyTorch eager for the pseudo-artifact "pytorch"), each artifact in its own process, interleaved
+in rounds; "vs first" is each artifact's median over the first one's at the same thread count.
+--target pixel1 predicts Pixel 1 latency from the Single-Path NAS authors' per-layer table
+(pixel1_runtime_model.json from github.com/dstamoulis/single-path-nas, nas-search/, Apache-2.0),
+found through --lut, $SPNAS_PIXEL1_LUT or ../shared/data.
+--adb pushes the models and LiteRT's benchmark_model (your --benchmark-binary) to /data/local/tmp
+and runs it there.
+Exit codes: 0 success, 2 usage or input error.
+"""
+
+
+def thread_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 1,2,4, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spnas-bench", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
+                        help='.tflite / .onnx files, or "pytorch" for the PyTorch eager reference')
+    parser.add_argument("--threads", type=thread_list, default=[1], metavar="N[,N...]",
+                        help="runtime thread counts, e.g. 1,2,4 (default 1, as the paper)")
+    parser.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed runs first (default 10)")
+    parser.add_argument("--runs", type=int, default=50, metavar="N", help="timed runs per artifact (default 50)")
+    parser.add_argument("--rounds", type=int, default=10, metavar="N",
+                        help="host: interleave the runs in this many rounds (default 10)")
+    parser.add_argument("--weights", default="random", metavar="W",
+                        help='checkpoint for the "pytorch" reference (default random: latency does not depend '
+                             "on weight values)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="write a latency chart (needs matplotlib)")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"spnas {__version__}")
+    target = parser.add_argument_group("paper target")
+    target.add_argument("--target", choices=["pixel1"], help="predict latency on the paper's phone from its table")
+    target.add_argument("--lut", metavar="PATH", help="pixel1_runtime_model.json (default: $SPNAS_PIXEL1_LUT, then "
+                                                      "../shared/data)")
+    device = parser.add_argument_group("Android phone over adb")
+    device.add_argument("--adb", action="store_true", help="run LiteRT's benchmark_model on a connected phone")
+    device.add_argument("--serial", metavar="S", help="adb device serial (default: the only device)")
+    device.add_argument("--benchmark-binary", metavar="PATH",
+                        help="benchmark_model built for the phone, e.g. android_aarch64_benchmark_model")
+    device.add_argument("--taskset", metavar="MASK", help="pin to CPUs with a hex mask, e.g. f0 for big cores")
+    device.add_argument("--no-xnnpack", dest="use_xnnpack", action="store_false",
+                        help="pass --use_xnnpack=false (default: --use_xnnpack=true)")
+    device.add_argument("--benchmark-arg", action="append", default=[], metavar="ARG",
+                        help="extra benchmark_model flag, repeatable, e.g. --benchmark-arg=--enable_op_profiling=true")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.warmup < 0 or args.runs < 1 or args.rounds < 1:
+        parser.error("--warmup must be >= 0, --runs and --rounds >= 1")
+    if args.target:
+        if args.artifacts or args.adb:
+            parser.error("--target pixel1 takes no artifacts and no --adb (it predicts from the architecture)")
+        return
+    if args.lut:
+        parser.error("--lut goes with --target pixel1")
+    if not args.artifacts:
+        parser.error("give at least one ARTIFACT (or --target pixel1)")
+    if args.adb and not args.benchmark_binary:
+        parser.error("--adb needs --benchmark-binary PATH (LiteRT's benchmark_model for the phone)")
+    device_only = [flag for flag, value in (("--serial", args.serial), ("--benchmark-binary", args.benchmark_binary),
+                                            ("--taskset", args.taskset), ("--no-xnnpack", not args.use_xnnpack),
+                                            ("--benchmark-arg", args.benchmark_arg)) if value]
+    if device_only and not args.adb:
+        parser.error(f"{device_only[0]} goes with --adb")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    from spnas.cli import run_cli
+
+    return run_cli(lambda: bench(args), args.debug)
+
+
+def bench(args: argparse.Namespace) -> int:
+    from spnas.console import Console
+
+    console = Console(args.quiet)
+    if args.target:
+        return pixel1(args)
+    if args.adb:
+        from pathlib import Path
+
+        from spnas.bench.adb import run_adb
+
+        document = run_adb([Path(a) for a in args.artifacts], Path(args.benchmark_binary), args.threads, args.warmup,
+                           args.runs, serial=args.serial, taskset=args.taskset, use_xnnpack=args.use_xnnpack,
+                           extra_args=args.benchmark_arg, progress=console.info)
+        title = f"benchmark_model on {document['device'].get('model') or 'device'}"
+    else:
+        from spnas.bench.host import parse_targets, run_host
+
+        targets = parse_targets(args.artifacts, args.weights)
+        document = run_host(targets, args.threads, args.warmup, args.runs, args.rounds, console.info)
+        title = f"host latency ({document['machine'].get('cpu_model') or document['machine']['machine']})"
+    write_outputs(document, args, title)
+    return 0
+
+
+def pixel1(args: argparse.Namespace) -> int:
+    from spnas.bench.pixel1 import breakdown_table, predict
+
+    prediction = predict(args.lut)
+    print(breakdown_table(prediction))
+    document = {"spnas_version": __version__, "mode": "pixel1", **prediction.to_dict()}
+    if args.json:
+        write_json(document, args.json)
+    if args.plot:
+        print("note: --plot applies to measured runs; nothing plotted for --target pixel1", file=sys.stderr)
+    return 0
+
+
+def write_outputs(document: dict, args: argparse.Namespace, title: str) -> None:
+    from spnas.bench import plot_latency, results_table
+
+    print(results_table(document["results"]))
+    if args.json:
+        write_json(document, args.json)
+    if args.plot:
+        plot_latency(document["results"], args.plot, title)
+        print(f"wrote {args.plot}")
+
+
+def write_json(document: dict, path: str) -> None:
+    import json
+
+    from spnas.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
