@@ -1,0 +1,153 @@
+package org.spnas.demo.core
+
+/** An RGB image as packed bytes: pixel (x, y) channel c is `pixels[(y * width + x) * 3 + c]`. */
+class RgbImage(val width: Int, val height: Int, val pixels: ByteArray) {
+    init {
+        require(width > 0 && height > 0 && pixels.size == width * height * 3) {
+            "RgbImage ${width}x$height needs ${width * height * 3} bytes, got ${pixels.size}"
+        }
+    }
+
+    companion object {
+        /** From RGBA bytes (Android's `Bitmap.copyPixelsToBuffer` order for ARGB_8888); alpha is dropped. */
+        fun fromRgba(width: Int, height: Int, rgba: ByteArray): RgbImage {
+            val rgb = ByteArray(width * height * 3)
+            for (i in 0 until width * height) {
+                rgb[i * 3] = rgba[i * 4]
+                rgb[i * 3 + 1] = rgba[i * 4 + 1]
+                rgb[i * 3 + 2] = rgba[i * 4 + 2]
+            }
+            return RgbImage(width, height, rgb)
+        }
+    }
+}
+
+/**
+ * The host's `spnas.preprocess.resize_and_crop`, bit for bit.
+ *
+ * The host resizes with Pillow's `Image.resize(size, BILINEAR)`, which antialiases when it
+ * downscales (the triangle filter widens by the scale factor). Android's `Bitmap.createScaledBitmap`
+ * does not, so the resampler below is Pillow's `Resample.c` algorithm transcribed: double-precision
+ * filter weights, normalised and rounded to 22-bit fixed point, a horizontal pass rounded to uint8,
+ * then a vertical pass. Same integers in, same integers out.
+ */
+object ImageOps {
+    private const val PRECISION_BITS = 32 - 8 - 2
+
+    /** Resize the short side to `spec.resizeSize` and center-crop `spec.inputSize`, as the host does. */
+    fun resizeAndCrop(image: RgbImage, spec: PreprocessingSpec): RgbImage {
+        val (width, height) = shortSideSize(image.width, image.height, spec.resizeSize)
+        return centerCrop(resizeBilinear(image, width, height), spec.inputSize)
+    }
+
+    /** Output size with the short side at `target`; the long side is truncated like Python's `int()`. */
+    fun shortSideSize(width: Int, height: Int, target: Int): Pair<Int, Int> {
+        val short = minOf(width, height)
+        val long = maxOf(width, height)
+        val newLong = ((target.toLong() * long).toDouble() / short).toInt()
+        return if (width <= height) Pair(target, newLong) else Pair(newLong, target)
+    }
+
+    /** Center crop; offsets use Python's `round`, which rounds halves to even (`Math.rint`). */
+    fun centerCrop(image: RgbImage, size: Int): RgbImage {
+        require(image.width >= size && image.height >= size) { "cannot crop $size from ${image.width}x${image.height}" }
+        val top = Math.rint((image.height - size) / 2.0).toInt()
+        val left = Math.rint((image.width - size) / 2.0).toInt()
+        val out = ByteArray(size * size * 3)
+        for (y in 0 until size) {
+            System.arraycopy(image.pixels, ((top + y) * image.width + left) * 3, out, y * size * 3, size * 3)
+        }
+        return RgbImage(size, size, out)
+    }
+
+    /** Pillow's BILINEAR resize of an RGB image (antialiased when downscaling). */
+    fun resizeBilinear(image: RgbImage, outWidth: Int, outHeight: Int): RgbImage {
+        var current = image
+        if (outWidth != image.width) current = horizontalPass(current, outWidth, coefficients(image.width, outWidth))
+        if (outHeight != image.height) current = verticalPass(current, outHeight, coefficients(image.height, outHeight))
+        return current
+    }
+
+    /** For each output index: first input index, tap count, and fixed-point weights (`kernelSize` per output). */
+    class Coefficients(val kernelSize: Int, val first: IntArray, val count: IntArray, val weights: IntArray)
+
+    fun coefficients(inSize: Int, outSize: Int): Coefficients {
+        val scale = inSize.toDouble() / outSize
+        val filterScale = maxOf(scale, 1.0)
+        val support = 1.0 * filterScale // the triangle filter's support is 1
+        val kernelSize = Math.ceil(support).toInt() * 2 + 1
+        val first = IntArray(outSize)
+        val count = IntArray(outSize)
+        val weights = IntArray(outSize * kernelSize)
+        val raw = DoubleArray(kernelSize)
+        for (xx in 0 until outSize) {
+            val center = (xx + 0.5) * scale
+            val inverse = 1.0 / filterScale
+            val xmin = maxOf((center - support + 0.5).toInt(), 0)
+            val xmax = minOf((center + support + 0.5).toInt(), inSize) - xmin
+            var total = 0.0
+            for (x in 0 until xmax) {
+                val w = triangle((x + xmin - center + 0.5) * inverse)
+                raw[x] = w
+                total += w
+            }
+            for (x in 0 until xmax) {
+                val w = if (total != 0.0) raw[x] / total else raw[x]
+                val fixed = w * (1 shl PRECISION_BITS)
+                weights[xx * kernelSize + x] = if (w < 0) (-0.5 + fixed).toInt() else (0.5 + fixed).toInt()
+            }
+            first[xx] = xmin
+            count[xx] = xmax
+        }
+        return Coefficients(kernelSize, first, count, weights)
+    }
+
+    private fun triangle(x: Double): Double {
+        val distance = Math.abs(x)
+        return if (distance < 1.0) 1.0 - distance else 0.0
+    }
+
+    private fun clip8(sum: Int): Byte = when {
+        sum >= (1 shl PRECISION_BITS shl 8) -> 255.toByte()
+        sum <= 0 -> 0
+        else -> (sum shr PRECISION_BITS).toByte()
+    }
+
+    private fun horizontalPass(image: RgbImage, outWidth: Int, k: Coefficients): RgbImage {
+        val src = image.pixels
+        val out = ByteArray(outWidth * image.height * 3)
+        for (y in 0 until image.height) {
+            val row = y * image.width
+            for (xx in 0 until outWidth) {
+                val base = xx * k.kernelSize
+                for (c in 0 until 3) {
+                    var sum = 1 shl (PRECISION_BITS - 1)
+                    for (x in 0 until k.count[xx]) {
+                        sum += (src[(row + k.first[xx] + x) * 3 + c].toInt() and 0xFF) * k.weights[base + x]
+                    }
+                    out[(y * outWidth + xx) * 3 + c] = clip8(sum)
+                }
+            }
+        }
+        return RgbImage(outWidth, image.height, out)
+    }
+
+    private fun verticalPass(image: RgbImage, outHeight: Int, k: Coefficients): RgbImage {
+        val src = image.pixels
+        val width = image.width
+        val out = ByteArray(width * outHeight * 3)
+        for (yy in 0 until outHeight) {
+            val base = yy * k.kernelSize
+            for (x in 0 until width) {
+                for (c in 0 until 3) {
+                    var sum = 1 shl (PRECISION_BITS - 1)
+                    for (y in 0 until k.count[yy]) {
+                        sum += (src[((k.first[yy] + y) * width + x) * 3 + c].toInt() and 0xFF) * k.weights[base + y]
+                    }
+                    out[(yy * width + x) * 3 + c] = clip8(sum)
+                }
+            }
+        }
+        return RgbImage(width, outHeight, out)
+    }
+}
