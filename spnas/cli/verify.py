@@ -119,6 +119,7 @@ def verify(args: argparse.Namespace) -> int:
     from spnas.errors import SpnasError
     from spnas.formats import format_of, load_runner
     from spnas.io import artifact_size, atomic_write_text
+    from spnas.parity import Thresholds
     from spnas.reference import TorchRunner
     from spnas.verify import evaluate, summary_markdown, summary_table
 
@@ -152,7 +153,9 @@ def verify(args: argparse.Namespace) -> int:
         if args.explain and runner.precision == "int8":
             entry["explain"] = explain(artifact, images.pixels, model, console)
         if args.arm64:
-            entry["arm64"] = arm64_parity(artifact, images.pixels, reference, console)
+            gate = Thresholds() if random_weights and runner.precision == "int8" else thresholds_for(runner.precision,
+                                                                                                       args)
+            entry["arm64"] = arm64_parity(artifact, images.pixels, reference, gate, console)
             if entry["arm64"]["passed"] is False:
                 entry["passed"] = False
                 entry["gate"]["status"] = "failed"
@@ -196,11 +199,14 @@ def print_explain(entry: dict, worst: int = 10) -> None:
     print(format_table(["layer", "SQNR dB"], rows))
 
 
-def arm64_parity(artifact, pixels, reference, console) -> dict:
-    from spnas.arm64 import verify_arm64
+def arm64_parity(artifact, pixels, reference, thresholds, console) -> dict:
+    """Bit-exactness of the aarch64 kernels vs x86, and the precision's gate vs the reference."""
+    from spnas.arm64 import summary_table, verify_arm64
 
     with console.step(f"aarch64 parity of {artifact.name} under emulation"):
-        return verify_arm64(artifact, pixels, reference, progress=console.info)
+        result = verify_arm64(artifact, pixels, reference, thresholds=thresholds, progress=console.info)
+    print(summary_table(result))
+    return result
 
 
 if __name__ == "__main__":
