@@ -1,0 +1,391 @@
+"""Reference evaluator of the MIL program inside a saved ``.mlpackage``, in numpy.
+
+coremltools converts on Linux but only runs a model on macOS, so without this a CoreML
+artifact built here would ship unchecked.  We read what is on disk, the spec protobuf
+(``Data/com.apple.CoreML/model.mlmodel``) and the weight blob (``weights/weight.bin``),
+and execute the program op by op.  A corrupted weight, a wrong quantization scale or a
+conversion bug therefore shows up in parity.
+
+**Semantics (fp16 included).**  Every op upcasts its float inputs to float32, computes in
+float32 (convolution, linear and mean accumulate in float32) and rounds its result once,
+to the dtype the program declares for that op's output, with numpy's round-to-nearest-even
+cast; ``relu`` and ``reshape`` are exact and run in their input dtype.  An fp16 program
+thus stores every intermediate tensor in float16 exactly as written, while arithmetic
+inside one op is float32.  ``quantize`` is ``clip(rint(x / scale) + zero_point)`` (ties
+to even, like coremltools' own value inference); ``dequantize`` and
+``constexpr_affine_dequantize`` are ``(q - zero_point) * scale``.  This proves the
+program's semantics as written; it does not reproduce the numerics of Apple's runtime on
+the Neural Engine, GPU or CPU (which may accumulate in float16 or fuse ops).
+
+**Coverage.**  Exactly the ops spnas' graphs contain: ``const``,
+``constexpr_affine_dequantize``, ``cast``, ``conv`` (groups 1 or depthwise; custom or
+valid padding), ``relu``, ``add``, ``sub`` and ``mul`` (these two from the image-input
+normalisation), ``reduce_mean``, ``reshape``, ``linear``, ``quantize``, ``dequantize``.
+An unknown op fails, by name, when the package is opened; an unsupported dtype or op
+option fails, by name, when it is met.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spnas.errors import SpnasError
+
+MODEL_FILE = Path("Data/com.apple.CoreML/model.mlmodel")
+BLOB_SENTINEL = 0xDEADBEEF
+# MILBlob BlobDataType codes (mlmodel/src/MILBlob/Blob/BlobDataType.hpp).
+BLOB_DTYPES = {1: np.float16, 2: np.float32, 3: np.uint8, 4: np.int8, 6: np.int16, 7: np.uint16, 14: np.int32,
+               15: np.uint32}
+# MIL proto DataType names -> numpy dtypes.
+PROTO_DTYPES = {"BOOL": np.bool_, "FLOAT16": np.float16, "FLOAT32": np.float32, "FLOAT64": np.float64,
+                "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
+                "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}
+CAST_DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+def import_coremltools():
+    """Import coremltools without its TensorFlow frontend and its Linux-only "no runtime" log noise.
+
+    coremltools imports TensorFlow (~10 s) when it is installed, only for a converter we
+    never use; TensorFlow is hidden during that one import if nobody has imported it yet,
+    so a later ``import tensorflow`` (the TFLite exporter) still works.
+    """
+    if "coremltools" in sys.modules:
+        return sys.modules["coremltools"]
+    ct_logger = logging.getLogger("coremltools")
+    level = ct_logger.level
+    ct_logger.setLevel(logging.ERROR)
+    hide_tensorflow = "tensorflow" not in sys.modules
+    if hide_tensorflow:
+        sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError
+    try:
+        import coremltools
+    finally:
+        if hide_tensorflow:
+            del sys.modules["tensorflow"]
+        ct_logger.setLevel(level)
+    return coremltools
+
+
+def _single_threaded_blas():
+    """Batch-1 matmuls are small: BLAS threads cost more than they give (0.6 s vs 0.14 s per image on 2 busy cores)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # an optional speed-up (spnas[coreml] installs it)
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def read_spec(package: str | Path):
+    """The ``Model`` protobuf of a saved ``.mlpackage``."""
+    import_coremltools()
+    from coremltools.proto import Model_pb2
+
+    model_file = Path(package) / MODEL_FILE
+    if not model_file.is_file():
+        raise SpnasError(f"{package}: not an .mlpackage (no {MODEL_FILE})")
+    spec = Model_pb2.Model()
+    try:
+        spec.ParseFromString(model_file.read_bytes())
+    except Exception as exc:  # protobuf raises its own DecodeError type
+        raise SpnasError(f"{package}: unreadable model spec ({exc})") from exc
+    return spec
+
+
+def user_metadata(package: str | Path) -> dict[str, str]:
+    return dict(read_spec(package).description.metadata.userDefined)
+
+
+@dataclass
+class TensorType:
+    dtype: type
+    shape: tuple[int | None, ...]  # None: a dimension the program leaves unknown
+
+
+@dataclass
+class Op:
+    type: str
+    name: str
+    inputs: dict[str, list]  # parameter -> [("name", str) | ("value", np.ndarray | str)]
+    outputs: list[tuple[str, TensorType]]
+
+
+class BlobFile:
+    """Random access to a MIL weight blob file, checking each blob's header."""
+
+    def __init__(self, path: Path):
+        if not path.is_file():
+            raise SpnasError(f"weight file {path} is missing")
+        self.path = path
+        self.data = np.fromfile(path, dtype=np.uint8)
+
+    def read(self, offset: int, tensor_type: TensorType) -> np.ndarray:
+        if offset + 24 > self.data.size:
+            raise SpnasError(f"{self.path}: blob offset {offset} is past the end of the file")
+        sentinel, code, size, data_offset = struct.unpack_from("<IIQQ", self.data, offset)
+        if sentinel != BLOB_SENTINEL:
+            raise SpnasError(f"{self.path}: corrupt blob header at offset {offset} (sentinel {sentinel:#x})")
+        if BLOB_DTYPES.get(code) != tensor_type.dtype:
+            raise SpnasError(f"{self.path}: blob at {offset} has storage type {code}, program expects "
+                             f"{np.dtype(tensor_type.dtype).name}")
+        count = int(np.prod(tensor_type.shape, dtype=np.int64))
+        if size != count * np.dtype(tensor_type.dtype).itemsize or data_offset + size > self.data.size:
+            raise SpnasError(f"{self.path}: blob at {offset} holds {size} bytes, program expects {count} values")
+        raw = self.data[data_offset:data_offset + size]
+        return raw.view(tensor_type.dtype).reshape(tensor_type.shape)
+
+
+def _shape_matches(declared: tuple[int | None, ...], actual: tuple[int, ...]) -> bool:
+    return len(declared) == len(actual) and all(d is None or d == a for d, a in zip(declared, actual, strict=True))
+
+
+def _to_f32(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32, copy=False)
+
+
+def _along_axis(values: np.ndarray, rank: int, axis: int | None) -> np.ndarray:
+    """A scalar or per-axis vector of quantization parameters, broadcastable to a rank-``rank`` tensor."""
+    values = _to_f32(np.asarray(values))
+    if values.ndim == 0:
+        return values
+    shape = [1] * rank
+    shape[int(axis) % rank] = values.size
+    return values.reshape(shape)
+
+
+def _dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int | None) -> np.ndarray:
+    zero = 0.0 if zero_point is None else _along_axis(zero_point, q.ndim, axis)
+    return (_to_f32(q) - zero) * _along_axis(scale, q.ndim, axis)
+
+
+def op_constexpr_affine_dequantize(quantized_data, zero_point, scale, axis):
+    return _dequantize(quantized_data, scale, zero_point, axis)
+
+
+def op_quantize(input, scale, output_dtype, zero_point=None, axis=None):  # MIL parameter names
+    dtype = {"int8": np.int8, "uint8": np.uint8}.get(str(output_dtype))
+    if dtype is None:
+        raise SpnasError(f"MIL quantize to {output_dtype!r} is not supported by spnas.mil_eval")
+    q = np.rint(_to_f32(input) / _along_axis(scale, input.ndim, axis))
+    if zero_point is not None:
+        q = q + _along_axis(zero_point, input.ndim, axis)
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def op_dequantize(input, scale, zero_point=None, axis=None):
+    return _dequantize(input, scale, zero_point, axis)
+
+
+def op_cast(x, dtype):
+    if str(dtype) not in CAST_DTYPES:
+        raise SpnasError(f"MIL cast to {dtype!r} is not supported by spnas.mil_eval")
+    return x  # the declared output dtype does the rounding
+
+
+def op_relu(x):
+    return np.maximum(x, x.dtype.type(0))  # exact in any dtype, so no float32 round trip
+
+
+def op_add(x, y):
+    return _to_f32(x) + _to_f32(y)
+
+
+def op_sub(x, y):
+    return _to_f32(x) - _to_f32(y)
+
+
+def op_mul(x, y):
+    return _to_f32(x) * _to_f32(y)
+
+
+def op_reduce_mean(x, axes=None, keep_dims=False):
+    axes = None if axes is None else tuple(int(a) for a in np.atleast_1d(axes))
+    return np.mean(_to_f32(x), axis=axes, keepdims=bool(keep_dims), dtype=np.float32)
+
+
+def op_reshape(x, shape):
+    return x.reshape(tuple(int(s) for s in shape))
+
+
+def op_linear(x, weight, bias=None):
+    out = _to_f32(x) @ _to_f32(weight).T
+    return out if bias is None else out + _to_f32(bias)
+
+
+def op_conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilations=None, groups=1):
+    """2-D NCHW convolution: im2col + one matmul for groups == 1, shifted multiply-adds for depthwise."""
+    if x.ndim != 4:
+        raise SpnasError(f"MIL conv of rank {x.ndim} is not supported by spnas.mil_eval (only 2-D)")
+    x, weight = _to_f32(x), _to_f32(weight)
+    stride_h, stride_w = (1, 1) if strides is None else (int(s) for s in strides)
+    dilation_h, dilation_w = (1, 1) if dilations is None else (int(d) for d in dilations)
+    if str(pad_type) == "custom":
+        top, bottom, left, right = (int(p) for p in pad)
+        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    elif str(pad_type) != "valid":
+        raise SpnasError(f"MIL conv pad_type {pad_type!r} is not supported by spnas.mil_eval")
+    batch, channels, height, width = x.shape
+    out_channels, group_channels, kernel_h, kernel_w = weight.shape
+    out_h = (height - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_w = (width - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
+
+    def tap(i: int, j: int) -> np.ndarray:
+        top, left = i * dilation_h, j * dilation_w
+        return x[:, :, top:top + stride_h * (out_h - 1) + 1:stride_h, left:left + stride_w * (out_w - 1) + 1:stride_w]
+
+    taps = [(i, j) for i in range(kernel_h) for j in range(kernel_w)]
+    groups = int(groups)
+    if groups == 1:
+        columns = np.stack([tap(i, j) for i, j in taps], axis=2)  # N, C, K, H', W'
+        flat = columns.reshape(batch, channels * len(taps), out_h * out_w)
+        out = (weight.reshape(out_channels, -1) @ flat).reshape(batch, out_channels, out_h, out_w)
+    elif groups == channels == out_channels and group_channels == 1:
+        out = np.zeros((batch, out_channels, out_h, out_w), np.float32)
+        for i, j in taps:
+            out += weight[:, 0, i, j].reshape(1, -1, 1, 1) * tap(i, j)
+    else:
+        raise SpnasError(f"MIL conv with groups={groups} ({channels} -> {out_channels} channels) is not supported "
+                         "by spnas.mil_eval (only groups=1 and depthwise)")
+    return out if bias is None else out + _to_f32(bias).reshape(1, -1, 1, 1)
+
+
+KERNELS = {
+    "cast": op_cast, "conv": op_conv, "relu": op_relu, "add": op_add, "sub": op_sub, "mul": op_mul,
+    "reduce_mean": op_reduce_mean, "reshape": op_reshape, "linear": op_linear, "quantize": op_quantize,
+    "dequantize": op_dequantize,
+}
+CONSTEXPR_KERNELS = {"constexpr_affine_dequantize": op_constexpr_affine_dequantize}
+
+
+class MilProgram:
+    """The ``main`` function of a saved mlprogram, ready to run on numpy inputs.
+
+    Constants and ``constexpr_*`` weights are decoded once when the package is opened.
+    """
+
+    def __init__(self, package: str | Path):
+        self.package = Path(package)
+        self.spec = read_spec(package)
+        if self.spec.WhichOneof("Type") != "mlProgram":
+            raise SpnasError(f"{package}: not an ML program (model type {self.spec.WhichOneof('Type')!r})")
+        functions = self.spec.mlProgram.functions
+        if "main" not in functions:
+            raise SpnasError(f"{package}: ML program has no 'main' function")
+        function = functions["main"]
+        block = function.block_specializations[function.opset]
+        self.opset = function.opset
+        self._blobs: dict[str, BlobFile] = {}
+        self.inputs = {value.name: self._tensor_type(value.type) for value in function.inputs}
+        self.outputs = list(block.outputs)
+        ops = [self._parse(op) for op in block.operations]
+        unknown = sorted({op.type for op in ops} - set(KERNELS) - set(CONSTEXPR_KERNELS) - {"const"})
+        if unknown:
+            raise SpnasError(f"{package}: MIL op(s) {', '.join(unknown)} not supported by spnas.mil_eval")
+        self.op_counts = Counter(op.type for op in ops)
+        self.constants: dict[str, np.ndarray] = {}
+        self.ops: list[Op] = []
+        for op in ops:
+            if op.type == "const":
+                self.constants[op.outputs[0][0]] = op.inputs["val"][0][1]
+            elif op.type in CONSTEXPR_KERNELS:
+                self._execute(op, CONSTEXPR_KERNELS[op.type], self.constants)
+            else:
+                self.ops.append(op)
+
+    def _tensor_type(self, value_type) -> TensorType:
+        kind = value_type.WhichOneof("type")
+        if kind != "tensorType":
+            raise SpnasError(f"{self.package}: MIL value of type {kind!r} is not supported by spnas.mil_eval")
+        tensor = value_type.tensorType
+        from coremltools.proto import MIL_pb2
+
+        name = MIL_pb2.DataType.Name(tensor.dataType)
+        if name not in PROTO_DTYPES and name != "STRING":
+            raise SpnasError(f"{self.package}: MIL dtype {name} is not supported by spnas.mil_eval")
+        shape = tuple(d.constant.size if d.WhichOneof("dimension") == "constant" else None
+                      for d in tensor.dimensions)
+        return TensorType(PROTO_DTYPES.get(name, str), shape)
+
+    def _value(self, value) -> np.ndarray | str:
+        tensor_type = self._tensor_type(value.type)
+        kind = value.WhichOneof("value")
+        if kind == "blobFileValue":
+            return self._blob(value.blobFileValue.fileName).read(value.blobFileValue.offset, tensor_type)
+        if kind != "immediateValue":
+            raise SpnasError(f"{self.package}: MIL value kind {kind!r} is not supported by spnas.mil_eval")
+        tensor = value.immediateValue.tensor
+        field = tensor.WhichOneof("value")
+        if tensor_type.dtype is str:
+            strings = list(tensor.strings.values)
+            return strings[0] if not tensor_type.shape else np.array(strings)
+        if field == "bytes":
+            array = np.frombuffer(tensor.bytes.values, dtype=tensor_type.dtype)
+        else:
+            array = np.array(list(getattr(tensor, field).values), dtype=tensor_type.dtype)
+        return array.reshape(tensor_type.shape)
+
+    def _blob(self, file_name: str) -> BlobFile:
+        if file_name not in self._blobs:
+            prefix = "@model_path/"
+            if not file_name.startswith(prefix):
+                raise SpnasError(f"{self.package}: weight file reference {file_name!r} is outside the package")
+            self._blobs[file_name] = BlobFile(self.package / MODEL_FILE.parent / file_name[len(prefix):])
+        return self._blobs[file_name]
+
+    def _parse(self, op) -> Op:
+        outputs = [(value.name, self._tensor_type(value.type)) for value in op.outputs]
+        inputs = {}
+        for parameter, argument in op.inputs.items():
+            inputs[parameter] = [("name", b.name) if b.WhichOneof("binding") == "name"
+                                 else ("value", self._value(b.value)) for b in argument.arguments]
+        for parameter, value in op.attributes.items():
+            if parameter != "name":
+                inputs[parameter] = [("value", self._value(value))]
+        name = op.attributes["name"].immediateValue.tensor.strings.values[0] if "name" in op.attributes else ""
+        return Op(op.type, name or outputs[0][0], inputs, outputs)
+
+    def _execute(self, op: Op, kernel, env: dict) -> None:
+        def resolve(binding):
+            kind, content = binding
+            return env[content] if kind == "name" else content
+
+        if any(len(bindings) != 1 for bindings in op.inputs.values()):
+            raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r} has variadic inputs, not supported by "
+                             "spnas.mil_eval")
+        arguments = {parameter: resolve(bindings[0]) for parameter, bindings in op.inputs.items()}
+        try:
+            result = kernel(**arguments)
+        except TypeError as exc:  # an input the kernel does not know
+            raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r}: unsupported inputs ({exc})") from exc
+        (output_name, output_type), = op.outputs
+        result = np.asarray(result).astype(output_type.dtype, copy=False)
+        expected = output_type.shape
+        if not _shape_matches(expected, result.shape):
+            raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r} gave shape {result.shape}, program "
+                             f"declares {expected}")
+        env[output_name] = result
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Evaluate the program; inputs are cast to their declared dtype like Core ML does."""
+        env = dict(self.constants)
+        for name, tensor_type in self.inputs.items():
+            if name not in feeds:
+                raise SpnasError(f"{self.package}: missing input {name!r}")
+            value = np.asarray(feeds[name])
+            if not _shape_matches(tensor_type.shape, value.shape):
+                raise SpnasError(f"{self.package}: input {name!r} has shape {value.shape}, program expects "
+                                 f"{tensor_type.shape}")
+            env[name] = value.astype(tensor_type.dtype, copy=False)
+        with _single_threaded_blas():
+            for op in self.ops:
+                self._execute(op, KERNELS[op.type], env)
+        return {name: env[name] for name in self.outputs}

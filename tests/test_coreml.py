@@ -1,0 +1,198 @@
+"""CoreML export: real coremltools conversion, parity from the saved packages via spnas.mil_eval.
+
+Two exports per module: the defaults (fp16 + W8A8) and the variants (fp32 with an image
+input + weight-only W8).  On macOS the packages are also run with ``MLModel.predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+from spnas.errors import SpnasError
+from spnas.formats import ExportContext
+from spnas.parity import DEFAULT_THRESHOLDS, compare
+from spnas.preprocess import DEFAULT_SPEC
+
+VARIANT_IMAGES = 8  # the variant export is checked on the first parity images only, to keep CI cheap
+
+
+def export(model, calib_pixels, out_dir, **options):
+    from spnas.formats import coreml
+
+    ctx = ExportContext(model=model, weights=model.weights_info, preprocessing=DEFAULT_SPEC,
+                        calibration_pixels=calib_pixels, out_dir=out_dir, int8=True, options=options,
+                        progress=lambda message: None)
+    return {artifact.precision: artifact for artifact in coreml.export(ctx)}
+
+
+@pytest.fixture(scope="module")
+def default_artifacts(fixture_model, calib_pixels, tmp_path_factory):
+    return export(fixture_model, calib_pixels, tmp_path_factory.mktemp("coreml"))
+
+
+@pytest.fixture(scope="module")
+def variant_artifacts(fixture_model, calib_pixels, tmp_path_factory):
+    return export(fixture_model, calib_pixels, tmp_path_factory.mktemp("coreml_variant"), fp32=True,
+                  image_input=True, coreml_int8_mode="w8")
+
+
+@pytest.fixture(scope="module")
+def default_metrics(default_artifacts, parity_pixels, reference_logits):
+    from spnas.formats.coreml import load
+
+    return {precision: compare(reference_logits, load(artifact.path).run(parity_pixels))
+            for precision, artifact in default_artifacts.items()}
+
+
+def mil_spec(path):
+    from spnas.mil_eval import read_spec
+
+    function = read_spec(path).mlProgram.functions["main"]
+    return function.block_specializations[function.opset]
+
+
+def test_default_export_writes_fp16_and_w8a8_packages(default_artifacts):
+    assert sorted(default_artifacts) == ["fp16", "int8"]
+    for precision, artifact in default_artifacts.items():
+        assert artifact.path.name == f"spnasnet_100_{precision}.mlpackage"
+        assert (artifact.path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").is_file()
+        assert artifact.format == "coreml"
+        assert artifact.details["deployment_target"].startswith("iOS17")
+        assert artifact.details["compute_precision"] == "fp16"
+    assert default_artifacts["int8"].details["int8_variant"] == "w8a8"
+    assert not list(default_artifacts["fp16"].path.parent.glob(".*.tmp"))  # atomic writes left no temp dirs
+
+
+def test_metadata_carries_preprocessing_and_class_labels(default_artifacts):
+    from spnas.mil_eval import read_spec
+    from spnas.preprocess import PreprocessSpec
+
+    spec = read_spec(default_artifacts["fp16"].path)
+    assert spec.specificationVersion == 8  # iOS 17 / macOS 14
+    metadata = dict(spec.description.metadata.userDefined)
+    assert PreprocessSpec.from_dict(json.loads(metadata["spnas.preprocessing"])) == DEFAULT_SPEC
+    labels = json.loads(metadata["spnas.class_labels"])
+    assert len(labels) == 1000 and labels[0] == "tench"
+    assert metadata["spnas.precision"] == "fp16" and metadata["spnas.input"] == "tensor"
+    assert [output.name for output in spec.description.output] == ["logits"]
+
+
+def test_fp16_package_is_float16_and_matches_reference(default_artifacts, default_metrics):
+    block = mil_spec(default_artifacts["fp16"].path)
+    conv_types = {op.outputs[0].type.tensorType.dataType for op in block.operations if op.type == "conv"}
+    from coremltools.proto import MIL_pb2
+
+    assert conv_types == {MIL_pb2.DataType.Value("FLOAT16")}
+    metrics = default_metrics["fp16"]
+    assert not DEFAULT_THRESHOLDS["fp16"].failures(metrics)
+    assert metrics["sqnr_db"] > 50  # measured ~64 dB; float32 would be > 100 dB, a broken op far below
+    assert metrics["top1_agreement"] == 1.0
+
+
+def test_w8a8_package_matches_reference(default_metrics):
+    metrics = default_metrics["int8"]
+    assert not DEFAULT_THRESHOLDS["int8"].failures(metrics), metrics
+
+
+def test_w8a8_package_has_int8_weights_and_activation_quantization(default_artifacts):
+    from coremltools.proto import MIL_pb2
+
+    from spnas.io import artifact_size
+
+    block = mil_spec(default_artifacts["int8"].path)
+    ops = list(block.operations)
+    counts = {kind: sum(op.type == kind for op in ops) for kind in ("conv", "linear", "quantize", "dequantize",
+                                                                     "constexpr_affine_dequantize")}
+    assert counts["constexpr_affine_dequantize"] == counts["conv"] + counts["linear"] == 65
+    weight_types = {op.attributes["quantized_data"].type.tensorType.dataType
+                    for op in ops if op.type == "constexpr_affine_dequantize"}
+    assert weight_types == {MIL_pb2.DataType.Value("INT8")}
+    assert counts["quantize"] >= counts["conv"] and counts["dequantize"] >= counts["quantize"]
+    first_compute = next(op for op in ops if op.type not in ("const", "constexpr_affine_dequantize", "cast"))
+    assert first_compute.type == "quantize"  # the network input itself is quantized
+    assert artifact_size(default_artifacts["int8"].path) < 0.6 * artifact_size(default_artifacts["fp16"].path)
+
+
+def test_corrupted_weight_fails_the_parity_gate(default_artifacts, parity_pixels, reference_logits, tmp_path):
+    """Negate one conv's weights inside weight.bin: the evaluator must see it."""
+    from spnas.formats.coreml import load
+
+    package = tmp_path / "spnasnet_100_fp16.mlpackage"
+    shutil.copytree(default_artifacts["fp16"].path, package)
+    block = mil_spec(package)
+    conv = next(op for op in block.operations if op.type == "conv")
+    weight_name = conv.inputs["weight"].arguments[0].name
+    weight_op = next(op for op in block.operations if op.outputs[0].name == weight_name)
+    offset = weight_op.attributes["val"].blobFileValue.offset
+    blob = package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    data = bytearray(blob.read_bytes())
+    _, _, size, data_offset = struct.unpack_from("<IIQQ", data, offset)
+    weights = np.frombuffer(data, np.float16, size // 2, data_offset)
+    data[data_offset:data_offset + size] = (-weights).tobytes()
+    blob.write_bytes(bytes(data))
+    images = parity_pixels[:VARIANT_IMAGES]
+    metrics = compare(reference_logits[:VARIANT_IMAGES], load(package).run(images))
+    assert DEFAULT_THRESHOLDS["fp16"].failures(metrics)
+
+
+def test_fp32_image_input_package_matches_reference_to_float32_precision(variant_artifacts, parity_pixels,
+                                                                         reference_logits):
+    from spnas.formats.coreml import load
+    from spnas.mil_eval import read_spec
+
+    artifact = variant_artifacts["fp32"]
+    assert artifact.path.name == "spnasnet_100_fp32.mlpackage"
+    (model_input,) = read_spec(artifact.path).description.input
+    assert model_input.name == "image" and model_input.type.WhichOneof("Type") == "imageType"
+    runner = load(artifact.path, backend="mil")
+    assert runner.image_input and runner.precision == "fp32"
+    metrics = compare(reference_logits[:VARIANT_IMAGES], runner.run(parity_pixels[:VARIANT_IMAGES]))
+    assert not DEFAULT_THRESHOLDS["fp32"].failures(metrics), metrics
+
+
+def test_weight_only_w8_package(variant_artifacts, parity_pixels, reference_logits):
+    from spnas.formats.coreml import load
+
+    artifact = variant_artifacts["int8"]
+    assert artifact.details["int8_variant"] == "w8"
+    ops = artifact.details["mil_ops"]
+    assert ops["constexpr_affine_dequantize"] == ops["conv"] + ops["linear"]
+    assert "quantize" not in ops and "dequantize" not in ops
+    metrics = compare(reference_logits[:VARIANT_IMAGES], load(artifact.path).run(parity_pixels[:VARIANT_IMAGES]))
+    assert metrics["sqnr_db"] > 30 and metrics["top1_agreement"] == 1.0, metrics
+
+
+@pytest.mark.skipif(sys.platform != "darwin", reason="MLModel.predict needs macOS: Linux checks the packages with "
+                                                      "spnas.mil_eval only")
+def test_coreml_runtime_agrees_with_evaluator(default_artifacts, parity_pixels):
+    from spnas.formats.coreml import load
+
+    images = parity_pixels[:VARIANT_IMAGES]
+    min_sqnr_db = {"fp16": 40.0, "int8": 20.0}  # int8: a runtime may round a few values across a step
+    for precision, artifact in default_artifacts.items():
+        runtime = load(artifact.path, backend="coreml").run(images)
+        evaluator = load(artifact.path, backend="mil").run(images)
+        assert compare(evaluator, runtime)["sqnr_db"] > min_sqnr_db[precision], artifact.path.name
+
+
+def test_bad_int8_mode_is_a_one_line_error(fixture_model, calib_pixels, tmp_path):
+    with pytest.raises(SpnasError, match="coreml-int8-mode"):
+        export(fixture_model, calib_pixels, tmp_path, coreml_int8_mode="w4")
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_rejects_what_is_not_a_package(tmp_path):
+    from spnas.formats.coreml import load
+
+    not_a_package = tmp_path / "model.mlpackage"
+    with pytest.raises(SpnasError, match="not an .mlpackage"):
+        load(not_a_package)
+    not_a_package.mkdir()
+    with pytest.raises(SpnasError, match="not an .mlpackage"):
+        load(not_a_package)
