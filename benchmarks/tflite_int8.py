@@ -1,0 +1,181 @@
+"""TFLite int8 in LiteRT: fidelity of each post-training technique, and int8 vs fp32 latency.
+
+Protocol (shared by all issues): fixture weights, calibrate on labels.csv rows 0-127, evaluate
+on rows 600-799 against the PyTorch reference.
+
+- fidelity: top-1 agreement and logit SQNR of the int8 model for each variant: the converter's
+  min/max calibration, with cross-layer equalization (weights, Nagel et al. 2019), with
+  activation-range equalization, with bias correction, MSE range setting (our default), MSE
+  on top of activation equalization, the ``--uint8-input`` model, calibration size, and the
+  MSE clip weight (how much more a clipped value counts than rounding noise); and,
+  in float, what folding the normalisation into the stem with raw zero padding would cost;
+- speed: batch-1 ``invoke`` latency in LiteRT with XNNPACK at 1 thread of fp32, fp16 and int8,
+  measured interleaved (round-robin, many rounds) in one process and reported as ratios of
+  medians measured in the same rounds, because the machine is shared and absolute times drift.
+
+Run: ``python benchmarks/tflite_int8.py [--rounds 15] [--quick]``.
+Writes ``benchmarks/results/tflite_int8.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import spnas  # noqa: E402
+from spnas import folding  # noqa: E402
+from spnas.formats import tflite  # noqa: E402
+from spnas.images import labelled_rows  # noqa: E402
+from spnas.parity import compare  # noqa: E402
+from spnas.preprocess import DEFAULT_SPEC, normalize  # noqa: E402
+from spnas.reference import TorchRunner  # noqa: E402
+
+TARGET = {"top1_agreement": 0.99, "sqnr_db": 36.0, "int8_over_fp32": 0.45}
+PEERS = {"litert-torch static_wi8_ai8": {"top1_agreement": 0.915, "sqnr_db": 28.6},
+         "onnxruntime quantize_static defaults": {"top1_agreement": 0.975, "sqnr_db": 30.6},
+         "onnxruntime quantize_static per_channel": {"top1_agreement": 0.980, "sqnr_db": 33.5}}
+
+
+def variants(folded, calib, quick: bool) -> list[tuple[str, dict]]:
+    """(name, convert kwargs) for each technique; the folded net is transformed lazily."""
+    x = normalize(calib)
+    found = [("MSE range setting (default)", {"folded": lambda: folded, "range_setting": "mse"})]
+    if quick:
+        return found
+    act_eq = lambda: folding.equalize(folded, folding.channel_ranges(folded, x))  # noqa: E731
+    found += [
+        ("min/max (converter default)", {"folded": lambda: folded, "range_setting": "minmax"}),
+        ("min/max + CLE (weights)", {"folded": lambda: folding.equalize(folded), "range_setting": "minmax"}),
+        ("min/max + activation equalization", {"folded": act_eq, "range_setting": "minmax"}),
+        ("min/max + bias correction", {"folded": lambda: folding.correct_bias(folded, x), "range_setting": "minmax"}),
+        ("MSE + activation equalization", {"folded": act_eq, "range_setting": "mse"}),
+        ("MSE, --uint8-input", {"folded": lambda: folded, "range_setting": "mse", "uint8_input": True}),
+        ("MSE, 64 calibration images", {"folded": lambda: folded, "range_setting": "mse", "calib": calib[:64]}),
+        ("MSE, 256 calibration images (rows 0-255)", {"folded": lambda: folded, "range_setting": "mse",
+                                                      "calib": "256"}),
+    ]
+    found += [(f"MSE, clip weight {weight:g}", {"folded": lambda: folded, "range_setting": "mse",
+                                                "clip_weight": weight}) for weight in (2.0, 4.0, 8.0)]
+    return found
+
+
+def naive_uint8_fold(folded, spec):
+    """The stem with normalisation folded into its weights, applied to raw 0..255 pixels: exact
+    inside the image, but its zero padding is raw black, not the normalised zero (the mean)."""
+    from dataclasses import replace
+
+    mean = np.asarray(spec.mean, np.float64)
+    std = np.asarray(spec.std, np.float64)
+    weight = folded.stem.weight.astype(np.float64)
+    stem = replace(folded.stem, weight=(weight / (spec.pixel_divisor * std)[None, :, None, None]).astype(np.float32),
+                   bias=(folded.stem.bias - (weight * (mean / std)[None, :, None, None]).sum(axis=(1, 2, 3))
+                         ).astype(np.float32))
+    return folded.replace_layers({stem.name: stem}, "normalisation folded into conv_stem")
+
+
+def interleaved_ms(runners: dict, prepared: dict, rounds: int, per_round: int) -> dict:
+    """Median and minimum ms of ``invoke`` per model; models alternate every ``per_round`` runs."""
+    for name, runner in runners.items():
+        for _ in range(5):
+            runner.invoke(prepared[name])
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                runner.invoke(prepared[name])
+                times[name].append(time.perf_counter() - start)
+    return {name: {"median": 1e3 * statistics.median(values), "min": 1e3 * min(values)}
+            for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="only the default int8 recipe")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tflite_int8.json")
+    args = parser.parse_args()
+
+    labels = args.shared / "imagenet-sample" / "labels.csv"
+    calib = labelled_rows(labels, 0, 128).pixels
+    held_out = labelled_rows(labels, 600, 800).pixels
+    model = spnas.create_model(str(args.shared / "spnasnet_100_fixture.safetensors"))
+    reference = TorchRunner(model).run(held_out)
+    folded = folding.fold_batchnorm(model)
+
+    models, fidelity = {}, []
+    for precision in ("fp32", "fp16"):
+        start = time.perf_counter()
+        models[precision] = tflite.convert(folded, precision)
+        metrics = compare(reference, tflite.TFLiteRunner(models[precision]).run(held_out))
+        fidelity.append({"variant": precision, "convert_s": round(time.perf_counter() - start, 1), **metrics})
+        print(f"{precision:40s} rel err {metrics['max_rel_error']:.2e} SQNR {metrics['sqnr_db']:.1f} dB", flush=True)
+    for name, options in variants(folded, calib, args.quick):
+        start = time.perf_counter()
+        pixels = options.get("calib", calib)
+        if isinstance(pixels, str):
+            pixels = labelled_rows(labels, 0, int(pixels)).pixels
+        content = tflite.convert(options["folded"](), "int8", calibration_pixels=pixels,
+                                 range_setting=options["range_setting"], uint8_input=options.get("uint8_input", False),
+                                 clip_weight=options.get("clip_weight", 1.0))
+        seconds = time.perf_counter() - start
+        metrics = compare(reference, tflite.TFLiteRunner(content).run(held_out))
+        fidelity.append({"variant": name, "convert_s": round(seconds, 1), **metrics})
+        print(f"{name:40s} top-1 {metrics['top1_agreement']:.3f}  SQNR {metrics['sqnr_db']:.2f} dB  "
+              f"({seconds:.0f} s to convert)", flush=True)
+        if name.startswith("MSE range setting"):
+            models["int8"] = content
+        elif "uint8" in name:
+            models["int8 --uint8-input"] = content
+
+    naive = naive_uint8_fold(folded, DEFAULT_SPEC).forward(held_out.transpose(0, 3, 1, 2).astype(np.float32))
+    border = compare(reference, naive)
+    print(f"naive uint8 fold (raw zero padding), float: top-1 {border['top1_agreement']:.3f} "
+          f"SQNR {border['sqnr_db']:.1f} dB")
+
+    runners = {name: tflite.TFLiteRunner(content, num_threads=1) for name, content in models.items()}
+    prepared = {name: runner.prepare(held_out[:1]) for name, runner in runners.items()}
+    latency = interleaved_ms(runners, prepared, args.rounds, args.per_round)
+    ratios = {name: latency[name]["median"] / latency["fp32"]["median"] for name in latency}
+    ratios_of_min = {name: latency[name]["min"] / latency["fp32"]["min"] for name in latency}
+    for name in latency:
+        print(f"latency {name:24s} median {latency[name]['median']:.2f} ms ({ratios[name]:.2f}x fp32), "
+              f"min {latency[name]['min']:.2f} ms ({ratios_of_min[name]:.2f}x fp32)")
+
+    default = next(row for row in fidelity if row["variant"].startswith("MSE range setting"))
+    result = {
+        "protocol": "fixture weights; calibration labels.csv rows 0-127, evaluation rows 600-799; "
+                    "LiteRT interpreter, XNNPACK, 1 thread, batch 1; latency = median of interleaved invokes",
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "fidelity": fidelity,
+        "latency_ms": latency,
+        "latency_ratio_to_fp32": ratios,
+        "latency_ratio_to_fp32_of_min": ratios_of_min,
+        "naive_uint8_fold_float": {"note": "normalisation folded into conv_stem, raw zero padding; float32, "
+                                           "not the shipped --uint8-input graph", **border},
+        "targets": TARGET,
+        "peers": PEERS,
+        "met": {"top1_agreement": default["top1_agreement"] >= TARGET["top1_agreement"],
+                "sqnr_db": default["sqnr_db"] >= TARGET["sqnr_db"],
+                "int8_over_fp32": ratios["int8"] <= TARGET["int8_over_fp32"]},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
