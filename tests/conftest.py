@@ -70,3 +70,16 @@ def reference_logits(fixture_model, parity_pixels) -> np.ndarray:
     from spnas.reference import TorchRunner
 
     return TorchRunner(fixture_model).run(parity_pixels)
+
+
+@pytest.fixture(scope="session")
+def tflite_artifacts(fixture_model, calib_pixels, tmp_path_factory) -> dict:
+    """fp32, fp16 and int8 TFLite exports of the fixture weights, shared by every test that needs one."""
+    from spnas.formats import ExportContext
+    from spnas.formats.tflite import export
+    from spnas.preprocess import DEFAULT_SPEC
+
+    ctx = ExportContext(model=fixture_model, weights=fixture_model.weights_info, preprocessing=DEFAULT_SPEC,
+                        calibration_pixels=calib_pixels, out_dir=tmp_path_factory.mktemp("tflite"), int8=True,
+                        fp16=True, progress=lambda message: None)
+    return {artifact.precision: artifact for artifact in export(ctx)}

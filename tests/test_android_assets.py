@@ -27,16 +27,8 @@ PRECISION_BITS = 22
 
 
 @pytest.fixture(scope="module")
-def int8_tflite(tmp_path_factory, fixture_model, calib_pixels):
-    from spnas.formats import ExportContext
-    from spnas.formats.tflite import export
-
-    out_dir = tmp_path_factory.mktemp("export")
-    # 16 calibration images keep the export cheap; the assets' checks do not depend on int8 fidelity.
-    ctx = ExportContext(model=fixture_model, weights=None, preprocessing=DEFAULT_SPEC,
-                        calibration_pixels=calib_pixels[:16], out_dir=out_dir, int8=True, progress=lambda message: None)
-    (artifact,) = [a for a in export(ctx) if a.precision == "int8"]
-    return artifact.path
+def int8_tflite(tflite_artifacts):
+    return tflite_artifacts["int8"].path
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
 from spnas.errors import SpnasError  # noqa: E402
-from spnas.formats import ExportContext  # noqa: E402
 from spnas.parity import compare  # noqa: E402
-from spnas.preprocess import DEFAULT_SPEC  # noqa: E402
 
 # An int8 gate that the default export passes (38.3 dB, top-1 1.0 with these 64 calibration
 # images; 37.6 dB / 0.99 on the 200-image protocol set) and broken calibrations fail: uniform
@@ -29,11 +27,8 @@ def tflite():
 
 
 @pytest.fixture(scope="module")
-def artifacts(tflite, fixture_model, calib_pixels, tmp_path_factory):
-    ctx = ExportContext(model=fixture_model, weights=fixture_model.weights_info, preprocessing=DEFAULT_SPEC,
-                        calibration_pixels=calib_pixels, out_dir=tmp_path_factory.mktemp("tflite"), int8=True,
-                        fp16=True, progress=lambda message: None)
-    return {artifact.precision: artifact for artifact in tflite.export(ctx)}
+def artifacts(tflite_artifacts):
+    return tflite_artifacts
 
 
 def graph(path):

@@ -15,6 +15,7 @@ split so benchmarks time the runtime alone, not the numpy preprocessing.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,29 @@ class ExportContext:
     fp16: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # format-specific CLI flags
     progress: Callable[[str], Any] = print
+
+
+def artifact_metadata(ctx: ExportContext, precision: str) -> dict[str, str]:
+    """The facts every artifact carries (each format stores them in its own metadata slot).
+
+    Runners read the preprocessing back from here, as an app would, so an artifact exported
+    with the wrong mean/std is caught by parity instead of being silently "fixed" by the runner.
+    """
+    return {
+        "spnas.preprocessing": json.dumps(ctx.preprocessing.to_dict()),
+        "spnas.num_classes": str(ctx.model.num_classes),
+        "spnas.weights": json.dumps({"source": ctx.weights.source, "sha256": ctx.weights.sha256}),
+        "spnas.precision": precision,
+    }
+
+
+def spec_from_metadata(metadata: dict[str, str]):
+    """The artifact's preprocessing, or timm's default for artifacts that carry none."""
+    from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec
+
+    if "spnas.preprocessing" not in metadata:
+        return DEFAULT_SPEC
+    return PreprocessSpec.from_dict(json.loads(metadata["spnas.preprocessing"]))
 
 
 def format_module(name: str):

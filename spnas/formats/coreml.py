@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from spnas.errors import SpnasError
-from spnas.formats import Artifact, RunnerBase
+from spnas.formats import Artifact, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.io import atomic_path
 from spnas.mil_eval import MilProgram, import_coremltools, user_metadata
 from spnas.preprocess import PreprocessSpec, normalize
@@ -214,12 +214,10 @@ def _save(mlmodel, ctx, precision: str, details: dict) -> Artifact:
         else "float32 NCHW RGB 224x224 crop, (pixel / 255 - mean) / std; see spnas.preprocessing")
     mlmodel.output_description[OUTPUT_NAME] = "ImageNet-1k logits; names in spnas.class_labels"
     metadata = mlmodel.user_defined_metadata
-    metadata["spnas.precision"] = precision
+    metadata.update(artifact_metadata(ctx, precision))
     metadata["spnas.input"] = "image" if image_input else "tensor"
-    metadata["spnas.preprocessing"] = json.dumps(ctx.preprocessing.to_dict())
     metadata["spnas.class_labels"] = json.dumps(_class_labels())
     metadata["spnas.details"] = json.dumps(details)
-    metadata["spnas.weights_sha256"] = str(getattr(ctx.weights, "sha256", "") or "")
     path = Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}"
     with atomic_path(path) as tmp:
         mlmodel.save(str(tmp))
@@ -242,7 +240,7 @@ class CoreMLRunner(RunnerBase):
         if "spnas.precision" not in metadata:
             raise SpnasError(f"{self.path}: not written by spnas-export (no spnas metadata)")
         self.precision = metadata["spnas.precision"]
-        self.preprocessing = PreprocessSpec.from_dict(json.loads(metadata["spnas.preprocessing"]))
+        self.preprocessing = spec_from_metadata(metadata)
         self.image_input = metadata["spnas.input"] == "image"
         self.input_name = IMAGE_INPUT_NAME if self.image_input else INPUT_NAME
         if backend == "auto":

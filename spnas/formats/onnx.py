@@ -58,7 +58,7 @@ from google.protobuf.message import DecodeError
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
 from spnas.errors import SpnasError
-from spnas.formats import Artifact, ExportContext, RunnerBase
+from spnas.formats import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.io import atomic_path
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
@@ -129,14 +129,7 @@ def export_float(model, *, dynamic_batch: bool = False):
 
 def set_metadata(proto, ctx: ExportContext, precision: str, extra: dict | None = None) -> None:
     """Write the facts an app needs (preprocessing, classes, weights) into ``metadata_props``."""
-    values = {
-        "spnas.preprocessing": json.dumps(ctx.preprocessing.to_dict()),
-        "spnas.num_classes": str(ctx.model.num_classes),
-        "spnas.weights": json.dumps({"source": ctx.weights.source, "sha256": ctx.weights.sha256}),
-        "spnas.input": INPUT_DOC,
-        "spnas.precision": precision,
-        **(extra or {}),
-    }
+    values = {**artifact_metadata(ctx, precision), "spnas.input": INPUT_DOC, **(extra or {})}
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in values]
     del proto.metadata_props[:]
     for key, value in [*kept, *values.items()]:
@@ -315,8 +308,7 @@ class OnnxRunner(RunnerBase):
         proto = _load_proto(path)
         metadata = {p.key: p.value for p in proto.metadata_props}
         self.path = Path(path)
-        self.spec = PreprocessSpec.from_dict(json.loads(metadata["spnas.preprocessing"])) \
-            if "spnas.preprocessing" in metadata else DEFAULT_SPEC
+        self.spec = spec_from_metadata(metadata)
         quantized = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
         self.precision = metadata.get("spnas.precision", "int8" if quantized else "fp32")
         try:

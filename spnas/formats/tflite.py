@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from spnas.errors import SpnasError
-from spnas.formats import Artifact, ExportContext, RunnerBase
+from spnas.formats import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 SUFFIX = ".tflite"
@@ -359,12 +359,45 @@ def export(ctx: ExportContext) -> list[Artifact]:
             content = convert(folded, precision)
             if precision == "fp16":
                 details["quantization"] = {"scheme": "float16 weights, float32 compute"}
+        content = with_metadata(content, artifact_metadata(ctx, precision))
         path = Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}"
         with atomic_path(path) as tmp:
             tmp.write_bytes(content)
         details.update(io_details(content))
         artifacts.append(Artifact(FORMAT, precision, path, details))
     return artifacts
+
+
+def with_metadata(content: bytes, entries: dict[str, str]) -> bytes:
+    """Add named metadata buffers (the flatbuffer's ``metadata`` table) to a TFLite model."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
+    model.metadata = [m for m in (model.metadata or []) if m.name.decode() not in entries]
+    for name, value in entries.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(value.encode(), np.uint8)
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = name, len(model.buffers) - 1
+        model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(content) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_metadata(content: bytes) -> dict[str, str]:
+    """The ``spnas.*`` metadata entries of a TFLite model (what ``with_metadata`` wrote)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    entries = {}
+    for i in range(model.MetadataLength()):
+        name = model.Metadata(i).Name().decode()
+        if name.startswith("spnas."):
+            entries[name] = model.Buffers(model.Metadata(i).Buffer()).DataAsNumpy().tobytes().decode()
+    return entries
 
 
 def io_details(content: bytes) -> dict:
@@ -407,9 +440,10 @@ class TFLiteRunner(RunnerBase):
 
     format = FORMAT
 
-    def __init__(self, source, num_threads: int = 1, spec: PreprocessSpec = DEFAULT_SPEC):
+    def __init__(self, source, num_threads: int = 1):
+        content = source if isinstance(source, bytes) else Path(source).read_bytes()
         self.interpreter = _interpreter(source, num_threads)
-        self.spec = spec
+        self.spec = spec_from_metadata(read_metadata(content))
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_dtype = np.dtype(self.input["dtype"])
