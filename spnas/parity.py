@@ -63,11 +63,13 @@ class Thresholds:
         return failed
 
 
-# Defaults per precision; README "Parity thresholds" gives the reason for each number.
+# Defaults per precision, set from benchmarks/gate_thresholds.py on the fixture weights (README,
+# "Parity thresholds"): correct exports measure fp32 <= 1e-6, fp16 >= 67 dB, int8 >= 31 dB and
+# top-1 >= 0.98; every deliberate fault measures <= 14 dB and top-1 <= 0.55.
 DEFAULT_THRESHOLDS = {
     "fp32": Thresholds(max_rel_error=1e-5),
-    "fp16": Thresholds(min_sqnr_db=35.0),
-    "int8": Thresholds(min_sqnr_db=20.0, min_top1=0.85),
+    "fp16": Thresholds(min_sqnr_db=40.0),
+    "int8": Thresholds(min_sqnr_db=22.0, min_top1=0.85),
 }
 
 

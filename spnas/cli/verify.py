@@ -18,8 +18,8 @@ examples:
 
 Without --images, the held-out parity images listed in the report.json beside the artifact
 are used, so the figures equal the ones spnas-export reported. Default thresholds per
-precision: fp32 relative error <= 1e-5; fp16 SQNR >= 35 dB; int8 top-1 agreement >= 0.85
-and SQNR >= 20 dB (see README, "Parity thresholds").
+precision: fp32 relative error <= 1e-5; fp16 SQNR >= 40 dB; int8 top-1 agreement >= 0.85
+and SQNR >= 22 dB (see README, "Parity thresholds").
 """
 
 
@@ -140,7 +140,8 @@ def verify(args: argparse.Namespace) -> int:
         model = reference_model(args, report)
     random_weights = model.weights_info.is_random
     if random_weights and args.strict:
-        raise SpnasError("--strict: the reference weights are random; parity against them proves nothing")
+        console.warn("--strict: the reference weights are random; parity against them proves nothing")
+        return 1
     reference = TorchRunner(model).run(images.pixels)
     entries = []
     for artifact in artifacts:

@@ -337,6 +337,14 @@ def load(path: str | Path, num_threads: int | None = None, spinning: bool = Fals
 # ---------------------------------------------------------------- explain
 
 
+def explain(path: str | Path, pixels: np.ndarray, model) -> list[dict]:
+    """``spnas-verify --explain``: per-layer drift of an int8 artifact against a fresh fp32 export of ``model``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = Path(tmp) / "reference_fp32.onnx"
+        onnx.save(export_float(model), str(float_path))
+        return [{"layer": name, "sqnr_db": value} for name, value in layer_sqnr(float_path, path, pixels).items()]
+
+
 def layer_sqnr(float_path: str | Path, int8_path: str | Path, pixels: np.ndarray,
                num_threads: int | None = None) -> dict[str, float]:
     """Per-layer int8 activation SQNR in dB, keyed by timm conv name, in execution order.

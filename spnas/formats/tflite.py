@@ -435,6 +435,21 @@ def _interpreter(source, num_threads: int | None = 1):
     return interpreter
 
 
+def prepare_input(pixels: np.ndarray, input_detail: dict, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 crops -> the model's input tensor: raw uint8, normalised float, or quantized int8."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 4 or pixels.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+        raise SpnasError(f"expected uint8 crops (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), got {pixels.shape}")
+    dtype = np.dtype(input_detail["dtype"])
+    if dtype == np.uint8:
+        return pixels.astype(np.uint8)
+    x = normalize(pixels, spec, layout="NHWC")
+    if dtype == np.int8:
+        scale, zero_point = input_detail["quantization"]
+        return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+    return x
+
+
 class TFLiteRunner(RunnerBase):
     """LiteRT interpreter (XNNPACK, the default CPU delegate) fed like a deployed app."""
 
@@ -451,16 +466,7 @@ class TFLiteRunner(RunnerBase):
         self.precision = {"int8": "int8", "uint8": "int8"}.get(self.input_dtype.name, "fp16" if weights else "fp32")
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = np.asarray(pixels)
-        if pixels.ndim != 4 or pixels.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise SpnasError(f"expected uint8 crops (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), got {pixels.shape}")
-        if self.input_dtype == np.uint8:
-            return pixels.astype(np.uint8)
-        x = normalize(pixels, self.spec, layout="NHWC")
-        if self.input_dtype == np.int8:
-            scale, zero_point = self.input["quantization"]
-            return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
-        return x
+        return prepare_input(pixels, self.input, self.spec)
 
     def invoke(self, prepared: np.ndarray) -> np.ndarray:
         logits = []
@@ -521,13 +527,34 @@ def layer_errors(model, calibration_pixels: np.ndarray, eval_pixels: np.ndarray,
         name = "classifier" if row["op_name"] == "FULLY_CONNECTED" else _timm_name(row["tensor_name"], result)
         if name is not None and row["op_name"] in MAC_OPS and float(row["scale"]) > 0:
             result[name]["local_rel_rmse"] = float(np.sqrt(float(row["mean_squared_error"])) / float(row["scale"]))
-    reference = folded.activations(normalize(eval_pixels, spec))
-    for name, values in _int8_outputs(quantize_calibrated(calibrated), eval_pixels, result, spec).items():
+    for name, sqnr_db in accumulated_sqnr(quantize_calibrated(calibrated), folded, eval_pixels, spec).items():
+        result[name]["accumulated_sqnr_db"] = sqnr_db
+    return result
+
+
+def accumulated_sqnr(content: bytes, folded, pixels: np.ndarray, spec: PreprocessSpec) -> dict[str, float]:
+    """SQNR (dB) of each conv / FC output of an int8 model against the float folded net, in graph order."""
+    reference = folded.activations(normalize(pixels, spec))
+    sqnr = {}
+    for name, values in _int8_outputs(content, pixels, [conv.name for conv in folded.layers()], spec).items():
         ref = reference[name] if reference[name].ndim == 2 else reference[name].transpose(0, 2, 3, 1)
         noise = float(((values - ref) ** 2).sum())
-        result[name]["accumulated_sqnr_db"] = float("inf") if noise == 0 else float(
-            10 * np.log10(float((ref**2).sum()) / noise))
-    return result
+        sqnr[name] = float("inf") if noise == 0 else float(10 * np.log10(float((ref**2).sum()) / noise))
+    return sqnr
+
+
+def explain(path, pixels: np.ndarray, model) -> list[dict]:
+    """``spnas-verify --explain``: per-layer drift of an int8 artifact, from its own intermediate tensors.
+
+    Each conv / FC output of the artifact (LiteRT builtin kernels, all tensors preserved) is
+    dequantized and compared with the float folded reference on the same images, so the SQNR
+    includes the error accumulated upstream: where it drops is where int8 loses the signal.
+    """
+    from spnas import folding
+
+    content = Path(path).read_bytes()
+    sqnr = accumulated_sqnr(content, folding.fold_batchnorm(model), pixels, spec_from_metadata(read_metadata(content)))
+    return [{"layer": name, "sqnr_db": value} for name, value in sqnr.items()]
 
 
 def _timm_name(tensor_name: str, names) -> str | None:
@@ -557,11 +584,9 @@ def _int8_outputs(content: bytes, pixels: np.ndarray, names, spec: PreprocessSpe
             if name is not None:
                 tensors[name] = detail
     runner_input = interpreter.get_input_details()[0]
-    scale, zero_point = runner_input["quantization"]
     outputs: dict[str, list] = {name: [] for name in tensors}
-    for image in normalize(pixels, spec, layout="NHWC"):
-        interpreter.set_tensor(runner_input["index"],
-                               np.clip(np.round(image[None] / scale) + zero_point, -128, 127).astype(np.int8))
+    for image in prepare_input(pixels, runner_input, spec):
+        interpreter.set_tensor(runner_input["index"], image[None])
         interpreter.invoke()
         for name, detail in tensors.items():
             t_scale, t_zero = detail["quantization"]

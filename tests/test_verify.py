@@ -1,0 +1,123 @@
+"""spnas-verify: the CI gate passes good artifacts of every format and fails each broken one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spnas.faults import apply_fault
+from spnas.formats import ExportContext, format_module
+from spnas.preprocess import DEFAULT_SPEC
+
+VERIFY = [sys.executable, "-m", "spnas.cli.verify"]
+EXPORT = [sys.executable, "-m", "spnas.cli.export"]
+SPLIT = ["--num-calib", "64", "--num-parity", "20"]
+
+pytestmark = pytest.mark.parity
+
+
+def run(argv, timeout=900):
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, fixture_weights, imagenet_dir):
+    """``spnas-export --format all --int8`` on the fixture weights and real images."""
+    out = tmp_path_factory.mktemp("verify") / "exports"
+    result = run([*EXPORT, "--format", "all", "--int8", "--weights", str(fixture_weights), "--calib",
+                  str(imagenet_dir), *SPLIT, "--out", str(out)])
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def verified(exported, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("verify-json")
+    artifacts = sorted(str(p) for p in exported.iterdir() if p.name != "report.json")
+    result = run([*VERIFY, *artifacts, "--json", str(folder / "parity.json"), "--markdown", str(folder / "parity.md")])
+    return result, folder
+
+
+def test_good_artifacts_of_every_format_pass(verified):
+    result, folder = verified
+    assert result.returncode == 0, result.stdout + result.stderr
+    entries = json.loads((folder / "parity.json").read_text())["artifacts"]
+    assert sorted((e["format"], e["precision"]) for e in entries) == [
+        ("coreml", "fp16"), ("coreml", "int8"), ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
+        ("tflite", "int8")]
+    assert all(e["passed"] is True for e in entries)
+    for column in ("artifact", "precision", "top1", "top5", "SQNR dB", "cosine", "max err", "gate"):
+        assert column in result.stdout
+    markdown = (folder / "parity.md").read_text()
+    assert markdown.startswith("| artifact |") and markdown.count("PASSED") == 6
+
+
+def test_report_and_verify_json_agree(verified, exported):
+    _, folder = verified
+    report = {a["path"]: a for a in json.loads((exported / "report.json").read_text())["artifacts"]}
+    for entry in json.loads((folder / "parity.json").read_text())["artifacts"]:
+        reported = report[Path(entry["path"]).name]
+        assert entry["parity"] == reported["parity"]
+        assert entry["passed"] == reported["passed"]
+
+
+# One real export per fault, spread over the formats; each must fail the default gate (exit 1).
+BROKEN = [
+    ("tflite", "fp32", "wrong_mean_std"),
+    ("onnx", "fp32", "bgr_channels"),
+    ("tflite", "int8", "noise_calibration"),
+    ("coreml", "fp16", "shuffled_weight"),
+]
+
+
+@pytest.mark.parametrize("format_name, precision, fault", BROKEN)
+def test_broken_artifacts_fail(format_name, precision, fault, fixture_model, calib_pixels, fixture_weights,
+                               imagenet_dir, tmp_path):
+    model, spec, pixels = apply_fault(fault, fixture_model, DEFAULT_SPEC, calib_pixels[:32])
+    ctx = ExportContext(model=model, weights=fixture_model.weights_info, preprocessing=spec,
+                        calibration_pixels=pixels, out_dir=tmp_path, int8=precision == "int8",
+                        progress=lambda message: None)
+    (artifact,) = [a for a in format_module(format_name).export(ctx) if a.precision == precision]
+    result = run([*VERIFY, str(artifact.path), "--weights", str(fixture_weights), "--images", str(imagenet_dir),
+                  *SPLIT])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED" in result.stdout and f"FAIL {artifact.path.name}:" in result.stdout
+
+
+def test_explain_ranks_int8_layers(exported, tmp_path):
+    result = run([*VERIFY, str(exported / "spnasnet_100_int8.tflite"), "--explain", "--json", str(tmp_path / "p.json")])
+    assert result.returncode == 0, result.stderr
+    layers = json.loads((tmp_path / "p.json").read_text())["artifacts"][0]["explain"]
+    assert len(layers) == 65 and {"conv_stem", "blocks.3.1.conv_dw", "classifier"} <= {x["layer"] for x in layers}
+    values = [x["sqnr_db"] for x in layers]
+    assert values == sorted(values) and values[0] < values[-1]
+    assert "per-layer int8 drift" in result.stdout
+
+
+@pytest.mark.parametrize("argv, expect", [
+    ([], "the following arguments are required: ARTIFACT"),
+    (["model.onnx", "--no-such-flag"], "unrecognized arguments"),
+    (["missing.tflite"], "no such artifact"),
+    (["notes.txt"], "unknown artifact type"),
+])
+def test_usage_and_input_errors_exit_2(tmp_path, argv, expect):
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "model.onnx").write_text("")
+    result = subprocess.run([*VERIFY, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and expect in result.stderr and "Traceback" not in result.stderr
+
+
+def test_arm64_needs_tflite(exported):
+    result = run([*VERIFY, str(exported / "spnasnet_100_fp32.onnx"), "--arm64"])
+    assert result.returncode == 2 and "--arm64 runs .tflite artifacts only" in result.stderr
+
+
+def test_threshold_override_turns_a_pass_into_a_failure(exported):
+    result = run([*VERIFY, str(exported / "spnasnet_100_int8.onnx"), "--min-sqnr-db", "80"])
+    assert result.returncode == 1 and "SQNR" in result.stdout
