@@ -19,6 +19,8 @@ from spnas.formats import ExportContext
 from spnas.parity import DEFAULT_THRESHOLDS, compare
 from spnas.preprocess import DEFAULT_SPEC
 
+pytestmark = pytest.mark.parity
+
 VARIANT_IMAGES = 8  # the variant export is checked on the first parity images only, to keep CI cheap
 
 

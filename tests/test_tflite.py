@@ -11,6 +11,8 @@ pytest.importorskip("ai_edge_litert")
 from spnas.errors import SpnasError  # noqa: E402
 from spnas.parity import compare  # noqa: E402
 
+pytestmark = pytest.mark.parity
+
 # An int8 gate that the default export passes (38.3 dB, top-1 1.0 with these 64 calibration
 # images; 37.6 dB / 0.99 on the 200-image protocol set) and broken calibrations fail: uniform
 # noise pixels give 35.8 dB, low-contrast noise 13 dB / top-1 0.5 (measured on the parity set).
