@@ -7,6 +7,7 @@ figures for the same artifact and images.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,14 @@ from spnas.console import format_table, markdown_table
 from spnas.parity import DEFAULT_THRESHOLDS, Thresholds, compare, to_json_number
 
 RANDOM_NOT_APPLICABLE = "not applicable (random weights)"
+
+
+def thresholds_for(precision: str, overrides) -> Thresholds:
+    """The precision's default gate with the CLI's ``--min-top1`` / ``--min-sqnr-db`` / ``--max-rel-error``
+    (attributes of ``overrides``; ``None`` keeps the default), shared by ``spnas-export`` and ``spnas-verify``."""
+    names = ("min_top1", "min_sqnr_db", "max_rel_error")
+    values = {name: getattr(overrides, name, None) for name in names}
+    return dataclasses.replace(DEFAULT_THRESHOLDS[precision], **{k: v for k, v in values.items() if v is not None})
 
 
 def evaluate(runner, pixels: np.ndarray, reference_logits: np.ndarray, *, thresholds: Thresholds | None = None,

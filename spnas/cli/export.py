@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-parity", type=int, default=50, metavar="N",
                         help="held-out parity images, disjoint from calibration (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration/parity split (default 0)")
+    parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")
+    parser.add_argument("--min-sqnr-db", type=float, metavar="Y", help="override the SQNR floor (dB)")
+    parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")
+    parser.add_argument("--fallback", choices=["off", "auto"], default="off",
+                        help="auto: when an int8 artifact fails its gate, keep the layers that lose the most SQNR "
+                             "in float, re-export and re-verify (up to 3 rounds; TFLite and ONNX)")
+    parser.add_argument("--fallback-layers", type=int, default=3, metavar="N",
+                        help="layers kept in float per fallback round (default 3)")
     parser.add_argument("--out", default="exports", metavar="DIR", help="output folder (default exports/)")
     parser.add_argument("--strict", action="store_true", help="fail (exit 1) when weights are random")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -66,6 +74,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--num-parity must be at least 1")
     if args.android_assets and args.format not in ("tflite", "all"):
         parser.error("--android-assets needs --format tflite or all")
+    if args.fallback == "auto" and not args.int8:
+        parser.error("--fallback auto needs --int8")
+    if args.fallback_layers < 1:
+        parser.error("--fallback-layers must be at least 1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +100,7 @@ def export(args: argparse.Namespace) -> int:
     from spnas.io import artifact_size, check_out_dir, ensure_out_dir
     from spnas.preprocess import DEFAULT_SPEC
     from spnas.report import build_report, write_report
-    from spnas.verify import evaluate, summary_table
+    from spnas.verify import evaluate, summary_table, thresholds_for
 
     console = Console(args.quiet)
     install_warning_format(console)
@@ -128,12 +140,16 @@ def export(args: argparse.Namespace) -> int:
         with console.step(f"exporting {name}"):
             artifacts = module.export(ctx)
         for artifact in artifacts:
+            thresholds = thresholds_for(artifact.precision, args)
             with console.step(f"parity of {artifact.path.name} on {len(parity)} held-out images"):
-                result = evaluate(module.load(artifact.path), parity.pixels, reference,
+                result = evaluate(module.load(artifact.path), parity.pixels, reference, thresholds=thresholds,
                                   random_weights=weights.is_random)
-            entries.append({"format": artifact.format, "precision": artifact.precision,
-                            "path": str(Path(artifact.path).relative_to(out_dir)),
-                            "size_bytes": artifact_size(artifact.path), **result, "details": artifact.details})
+            entry = {"format": artifact.format, "precision": artifact.precision,
+                     "path": str(Path(artifact.path).relative_to(out_dir)),
+                     "size_bytes": artifact_size(artifact.path), **result, "details": artifact.details}
+            if args.fallback == "auto" and artifact.precision == "int8" and entry["passed"] is False:
+                entry = int8_fallback(module, ctx, entry, parity.pixels, reference, thresholds, args, console)
+            entries.append(entry)
     report = build_report(weights=weights, preprocessing=spec, calibration=calib, parity_images=parity,
                           artifacts=entries, warnings=messages)
     report_path = write_report(report, out_dir / "report.json")
@@ -144,6 +160,15 @@ def export(args: argparse.Namespace) -> int:
     if weights.is_random:
         console.warn("random weights: NOT FOR DEPLOYMENT (int8 gate not applicable)")
     return 0 if all(entry["passed"] is not False for entry in entries) else 1
+
+
+def int8_fallback(module, ctx, entry, pixels, reference, thresholds, args, console) -> dict:
+    from spnas.fallback import fallback
+
+    if not hasattr(module, "explain"):
+        console.warn(f"--fallback auto: not available for {entry['format']} artifacts; {entry['path']} kept as is")
+        return entry
+    return fallback(module, ctx, entry, pixels, reference, thresholds, console, args.fallback_layers)
 
 
 def sync_android_assets(out_dir, entries, assets_dir, spec, console) -> None:

@@ -101,15 +101,6 @@ def reference_model(args, report):
     return create_model(weights, calib_pixels=bn_pixels)
 
 
-def thresholds_for(precision: str, args):
-    import dataclasses
-
-    from spnas.parity import DEFAULT_THRESHOLDS
-
-    overrides = {"min_top1": args.min_top1, "min_sqnr_db": args.min_sqnr_db, "max_rel_error": args.max_rel_error}
-    return dataclasses.replace(DEFAULT_THRESHOLDS[precision], **{k: v for k, v in overrides.items() if v is not None})
-
-
 def verify(args: argparse.Namespace) -> int:
     import json
     import warnings
@@ -121,7 +112,7 @@ def verify(args: argparse.Namespace) -> int:
     from spnas.io import artifact_size, atomic_write_text
     from spnas.parity import Thresholds
     from spnas.reference import TorchRunner
-    from spnas.verify import evaluate, summary_markdown, summary_table
+    from spnas.verify import evaluate, summary_markdown, summary_table, thresholds_for
 
     console = Console(args.quiet)
     install_warning_format(console)

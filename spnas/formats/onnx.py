@@ -33,6 +33,9 @@ and the classifier Gemm kept in float.  Why each:
   other execution providers (XNNPACK, NNAPI, QNN) consume.
 - The classifier (0.4% of the MACs) stays float: +0.5 dB on the logits, no speed cost.
 
+``ctx.options["float_layers"]`` (``spnas-export --fallback auto``) leaves more Conv nodes, by timm
+name, in float (ORT ``nodes_to_exclude``): a float Conv fed by a DequantizeLinear.
+
 ONNX Runtime session: ``ORT_ENABLE_ALL`` (it fuses DQ-Conv-Q into QLinearConv and moves int8
 convolutions to NHWC; fp32 gets NCHWc; BASIC/EXTENDED were 2.5x / 1.1x slower), sequential
 execution, ``intra_op_num_threads`` from ``load(path, num_threads=...)``, thread spinning off
@@ -206,14 +209,22 @@ def calibrate(model_path: Path, pixels: np.ndarray, method: str = "percentile", 
     return ranges
 
 
-def quantize(prepared_path: Path, out_path: Path, ranges, scheme: Int8Scheme = Int8Scheme()) -> Path:
-    """``quantize_static`` of a pre-processed fp32 model with precomputed activation ranges."""
+def quantize(prepared_path: Path, out_path: Path, ranges, scheme: Int8Scheme = Int8Scheme(),
+             float_layers=()) -> Path:
+    """``quantize_static`` of a pre-processed fp32 model with precomputed activation ranges.
+
+    ``float_layers``: timm names of Conv nodes left in float (``spnas-export --fallback auto``).
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    classifier = [n.name for n in onnx.load(str(prepared_path), load_external_data=False).graph.node
-                  if n.op_type == "Gemm"] if scheme.float_classifier else []
+    nodes = onnx.load(str(prepared_path), load_external_data=False).graph.node
+    missing = sorted(set(float_layers) - {n.name for n in nodes if n.op_type == "Conv"})
+    if missing:
+        raise SpnasError(f"float layer(s) not in the ONNX graph: {', '.join(missing)}")
+    excluded = [n.name for n in nodes if n.op_type == "Gemm"] if scheme.float_classifier else []
+    excluded += list(float_layers)
     with tempfile.TemporaryDirectory(dir=Path(out_path).parent) as tmp:
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(ranges, cache)
@@ -221,7 +232,7 @@ def quantize(prepared_path: Path, out_path: Path, ranges, scheme: Int8Scheme = I
                         quant_format=getattr(QuantFormat, scheme.quant_format),
                         activation_type=types[scheme.activation_type], weight_type=QuantType.QInt8,
                         per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
-                        calibrate_method=ranges.calibration_method, nodes_to_exclude=classifier,
+                        calibrate_method=ranges.calibration_method, nodes_to_exclude=excluded,
                         calibration_cache_path=cache)
     return Path(out_path)
 
@@ -252,6 +263,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
     """Write ``spnasnet_100_fp32.onnx`` and, with ``ctx.int8``, ``spnasnet_100_int8.onnx``."""
     dynamic_batch = bool(ctx.options.get("dynamic_batch", False))
     scheme = scheme_from_options(ctx.options)
+    float_layers = list(ctx.options.get("float_layers", []))
     ctx.progress("onnx: exporting fp32 (torch.onnx dynamo exporter, onnxsim, checker)")
     proto = export_float(ctx.model, dynamic_batch=dynamic_batch)
     set_metadata(proto, ctx, "fp32")
@@ -271,13 +283,15 @@ def export(ctx: ExportContext) -> list[Artifact]:
         prepared = prepare_for_quantization(fp32_path, Path(work) / "prepared.onnx")
         ranges = calibrate(prepared, ctx.calibration_pixels, scheme.calibration, scheme.percentile,
                            ctx.preprocessing, Path(work))
-        quantized = onnx.load(str(quantize(prepared, Path(work) / "int8.onnx", ranges, scheme)))
+        quantized = onnx.load(str(quantize(prepared, Path(work) / "int8.onnx", ranges, scheme, float_layers)))
     onnx.checker.check_model(quantized, full_check=True)
     set_metadata(quantized, ctx, "int8", {"spnas.int8_scheme": json.dumps(scheme.to_dict())})
     with atomic_path(int8_path) as tmp:
         onnx.save(quantized, str(tmp))
     details = {**common, "quantizer": "onnxruntime.quantization.quantize_static", **scheme.to_dict(),
                "n_calibration_images": int(len(ctx.calibration_pixels)), **_quantized_io(quantized)}
+    if float_layers:
+        details["float_layers"] = float_layers
     artifacts.append(Artifact("onnx", "int8", int8_path, details))
     return artifacts
 

@@ -36,6 +36,10 @@ Either way the input range is the full range a pixel can produce, not the calibr
 Per-layer drift for ``spnas-verify --explain``: ``layer_errors(model, calibration_pixels,
 eval_pixels)`` returns, per timm layer name, the int8-vs-float error of that layer alone
 (QuantizationDebugger, float input to each op) and the accumulated error at that point.
+
+Fallback (``spnas-export --fallback auto``): ``ctx.options["float_layers"]`` lists timm layers
+that the MLIR quantizer leaves in float (``denylisted_nodes``); each becomes a float op with
+float32 weights between a DEQUANTIZE and a QUANTIZE, everything else stays int8.
 """
 
 from __future__ import annotations
@@ -168,12 +172,14 @@ def representative_inputs(pixels: np.ndarray, *, uint8_input: bool = False, spec
 
 
 def convert(folded, precision: str, *, calibration_pixels: np.ndarray | None = None, uint8_input: bool = False,
-            spec: PreprocessSpec = DEFAULT_SPEC, range_setting: str = "mse", clip_weight: float = 1.0) -> bytes:
+            spec: PreprocessSpec = DEFAULT_SPEC, range_setting: str = "mse", clip_weight: float = 1.0,
+            float_layers=()) -> bytes:
     """Convert a ``FoldedNet`` to TFLite flatbuffer bytes: ``fp32``, ``fp16`` or ``int8``.
 
     int8 ``range_setting``: ``"minmax"`` (the converter's calibration as is) or ``"mse"``
     (default: each activation's calibrated range is shrunk to minimise its expected squared
-    quantization error, see ``mse_ranges`` and its ``clip_weight``).
+    quantization error, see ``mse_ranges`` and its ``clip_weight``).  int8 ``float_layers``:
+    timm names of convs / the classifier left in float (``spnas-export --fallback auto``).
     """
     tf = _tf()
     if precision == "int8":
@@ -183,7 +189,7 @@ def convert(folded, precision: str, *, calibration_pixels: np.ndarray | None = N
                                                                       spec=spec), clip_weight)
         elif range_setting != "minmax":
             raise ValueError(f"unknown range setting {range_setting!r}")
-        return quantize_calibrated(calibrated, uint8_input=uint8_input)
+        return quantize_calibrated(calibrated, uint8_input=uint8_input, float_layers=float_layers)
     converter = _converter(build_graph(folded))
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -222,18 +228,35 @@ def _full_input_range(calibrated: bytes, uint8_input: bool, spec: PreprocessSpec
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def quantize_calibrated(calibrated: bytes, *, uint8_input: bool = False, numeric_verify: bool = False) -> bytes:
+def quantize_calibrated(calibrated: bytes, *, uint8_input: bool = False, numeric_verify: bool = False,
+                        float_layers=()) -> bytes:
     """Full-integer quantization of a calibrated model, as ``TFLiteConverter.convert`` does it:
     per-channel weights (dense layers too), int8 activations, int8 (or uint8) input, int8 output.
+    ``float_layers`` (timm names) stay float ops between DEQUANTIZE and QUANTIZE.
     ``numeric_verify`` gives QuantizationDebugger's instrumented model instead."""
     tf = _tf()
     from tensorflow.lite.python import convert as tf_convert
 
+    denylisted = _op_names(calibrated, float_layers) if float_layers else None
     with _quiet_converter():
         if numeric_verify:
             return tf_convert.mlir_quantize(calibrated, enable_numeric_verify=True)
         return tf_convert.mlir_quantize(calibrated, input_data_type=tf.uint8 if uint8_input else tf.int8,
-                                        output_data_type=tf.int8)
+                                        output_data_type=tf.int8, denylisted_nodes=denylisted)
+
+
+def _op_names(calibrated: bytes, layers) -> list[str]:
+    """The MLIR quantizer's node names of timm layers: it matches a denylisted node against the
+    op's location, which the flatbuffer import takes from the op's full (fused) output tensor name."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_content=calibrated,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    outputs = _layer_outputs(interpreter, set(layers))
+    missing = [name for name in layers if name not in outputs]
+    if missing:
+        raise SpnasError(f"float layer(s) not in the TFLite graph: {', '.join(missing)}")
+    return [outputs[name]["name"] for name in layers]
 
 
 @contextlib.contextmanager
@@ -342,6 +365,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
     folded = folding.fold_batchnorm(ctx.model)
     precisions = ["fp32"] + (["fp16"] if ctx.fp16 else []) + (["int8"] if ctx.int8 else [])
     uint8_input = bool(ctx.options.get("uint8_input", False))
+    float_layers = list(ctx.options.get("float_layers", []))
     artifacts = []
     for precision in precisions:
         ctx.progress(f"converting {precision} with tf.lite.TFLiteConverter")
@@ -349,12 +373,14 @@ def export(ctx: ExportContext) -> list[Artifact]:
                    "layout": "NHWC", "input_shape": [1, INPUT_SIZE, INPUT_SIZE, 3]}
         if precision == "int8":
             content = convert(folded, "int8", calibration_pixels=ctx.calibration_pixels, uint8_input=uint8_input,
-                              spec=ctx.preprocessing)
+                              spec=ctx.preprocessing, float_layers=float_layers)
             details["quantization"] = {
                 "scheme": "full-integer PTQ: int8 per-channel symmetric weights, int8 activations, int32 bias",
                 "activation_ranges": "calibrated min/max shrunk to the MSE-optimal range per tensor",
                 "calibration_images": int(len(ctx.calibration_pixels)),
                 "uint8_input": uint8_input}
+            if float_layers:
+                details["quantization"]["float_layers"] = float_layers
         else:
             content = convert(folded, precision)
             if precision == "fp16":
@@ -575,6 +601,21 @@ def _int8_outputs(content: bytes, pixels: np.ndarray, names, spec: PreprocessSpe
     interpreter = Interpreter(model_content=content, experimental_preserve_all_tensors=True,
                               experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interpreter.allocate_tensors()
+    tensors = _layer_outputs(interpreter, names)
+    runner_input = interpreter.get_input_details()[0]
+    outputs: dict[str, list] = {name: [] for name in tensors}
+    for image in prepare_input(pixels, runner_input, spec):
+        interpreter.set_tensor(runner_input["index"], image[None])
+        interpreter.invoke()
+        for name, detail in tensors.items():
+            t_scale, t_zero = detail["quantization"]
+            values = interpreter.get_tensor(detail["index"])[0].astype(np.float64)
+            outputs[name].append((values - t_zero) * t_scale if t_scale else values)  # float layers: scale 0
+    return {name: np.stack(values) for name, values in outputs.items()}
+
+
+def _layer_outputs(interpreter, names) -> dict[str, dict]:
+    """Output tensor details of every conv / FC op, keyed by timm layer name (the FC is the classifier)."""
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     tensors = {}
     for op in interpreter._get_ops_details():  # noqa: SLF001 - the only op-graph view LiteRT offers
@@ -583,12 +624,4 @@ def _int8_outputs(content: bytes, pixels: np.ndarray, names, spec: PreprocessSpe
             name = "classifier" if op["op_name"] == "FULLY_CONNECTED" else _timm_name(detail["name"], names)
             if name is not None:
                 tensors[name] = detail
-    runner_input = interpreter.get_input_details()[0]
-    outputs: dict[str, list] = {name: [] for name in tensors}
-    for image in prepare_input(pixels, runner_input, spec):
-        interpreter.set_tensor(runner_input["index"], image[None])
-        interpreter.invoke()
-        for name, detail in tensors.items():
-            t_scale, t_zero = detail["quantization"]
-            outputs[name].append((interpreter.get_tensor(detail["index"])[0].astype(np.float64) - t_zero) * t_scale)
-    return {name: np.stack(values) for name, values in outputs.items()}
+    return tensors
