@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     from spnas import create_model
     from spnas.bench import plot_latency
     from spnas.bench.host import BenchTarget, machine_facts, run_host
-    from spnas.images import labelled_rows
+    from spnas.images import PROTOCOL_CALIB_ROWS, PROTOCOL_EVAL_ROWS, labelled_rows
     from spnas.io import atomic_write_text
     from spnas.reference import TorchRunner
 
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     if not weights.is_file() or not labels.is_file():
         print(f"error: shared data missing under {data} (set SPNAS_SHARED_DATA)", file=sys.stderr)
         return 2
-    calib_rows, eval_rows = ((0, 32), (600, 640)) if args.quick else ((0, 128), (600, 800))
+    calib_rows, eval_rows = ((0, 32), (600, 640)) if args.quick else (PROTOCOL_CALIB_ROWS, PROTOCOL_EVAL_ROWS)
     log(f"loading images: calibration rows {calib_rows[0]}-{calib_rows[1] - 1}, "
         f"evaluation rows {eval_rows[0]}-{eval_rows[1] - 1}")
     calib_pixels = labelled_rows(labels, *calib_rows).pixels

@@ -38,7 +38,7 @@ import onnxruntime as ort  # noqa: E402
 import spnas  # noqa: E402
 from spnas.formats import onnx as onnx_format  # noqa: E402
 from spnas.formats.onnx import Int8Scheme  # noqa: E402
-from spnas.images import labelled_rows  # noqa: E402
+from spnas.images import fidelity_protocol  # noqa: E402
 from spnas.parity import compare  # noqa: E402
 from spnas.reference import TorchRunner  # noqa: E402
 
@@ -112,8 +112,7 @@ def main() -> None:
     args = parser.parse_args()
 
     labels = args.shared / "imagenet-sample" / "labels.csv"
-    calib = labelled_rows(labels, 0, 128).pixels
-    held_out = labelled_rows(labels, 600, 800).pixels
+    calib, held_out = (images.pixels for images in fidelity_protocol(labels))
     model = spnas.create_model(str(args.shared / "spnasnet_100_fixture.safetensors"))
     reference = TorchRunner(model).run(held_out)
 

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import spnas  # noqa: E402
 from spnas import folding  # noqa: E402
 from spnas.formats import tflite  # noqa: E402
-from spnas.images import labelled_rows  # noqa: E402
+from spnas.images import fidelity_protocol, labelled_rows  # noqa: E402
 from spnas.parity import compare  # noqa: E402
 from spnas.preprocess import DEFAULT_SPEC, normalize  # noqa: E402
 from spnas.reference import TorchRunner  # noqa: E402
@@ -109,8 +109,7 @@ def main() -> None:
     args = parser.parse_args()
 
     labels = args.shared / "imagenet-sample" / "labels.csv"
-    calib = labelled_rows(labels, 0, 128).pixels
-    held_out = labelled_rows(labels, 600, 800).pixels
+    calib, held_out = (images.pixels for images in fidelity_protocol(labels))
     model = spnas.create_model(str(args.shared / "spnasnet_100_fixture.safetensors"))
     reference = TorchRunner(model).run(held_out)
     folded = folding.fold_batchnorm(model)

@@ -88,6 +88,15 @@ def split_images(folder: str | Path | None, num_calib: int = 200, num_parity: in
     return calib, parity
 
 
+PROTOCOL_CALIB_ROWS = (0, 128)
+PROTOCOL_EVAL_ROWS = (600, 800)
+
+
+def fidelity_protocol(labels_csv: str | Path) -> tuple[ImageSet, ImageSet]:
+    """(calibration, evaluation) image sets of the int8 fidelity protocol every benchmark uses."""
+    return labelled_rows(labels_csv, *PROTOCOL_CALIB_ROWS), labelled_rows(labels_csv, *PROTOCOL_EVAL_ROWS)
+
+
 def labelled_rows(labels_csv: str | Path, start: int, stop: int, spec: PreprocessSpec = DEFAULT_SPEC) -> ImageSet:
     """Rows ``start:stop`` of an imagenet-sample ``labels.csv``: the fidelity protocol's image sets.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -20,3 +21,10 @@ def run_cli(body: Callable[[], int], debug: bool) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; no partial artifact was left behind", file=sys.stderr)
         return 130
+
+
+def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gate overrides shared by spnas-export and spnas-verify (see ``spnas.verify.thresholds_for``)."""
+    parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")
+    parser.add_argument("--min-sqnr-db", type=float, metavar="Y", help="override the SQNR floor (dB)")
+    parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")

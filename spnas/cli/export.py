@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from spnas import __version__
+from spnas.cli import add_threshold_arguments
 
 EPILOG = """\
 examples:
@@ -35,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-parity", type=int, default=50, metavar="N",
                         help="held-out parity images, disjoint from calibration (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration/parity split (default 0)")
-    parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")
-    parser.add_argument("--min-sqnr-db", type=float, metavar="Y", help="override the SQNR floor (dB)")
-    parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")
+    add_threshold_arguments(parser)
     parser.add_argument("--fallback", choices=["off", "auto"], default="off",
                         help="auto: when an int8 artifact fails its gate, keep the layers that lose the most SQNR "
                              "in float, re-export and re-verify (up to 3 rounds; TFLite and ONNX)")

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from spnas import __version__
+from spnas.cli import add_threshold_arguments
 
 EPILOG = """\
 examples:
@@ -36,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-parity", type=int, default=50, metavar="N",
                         help="with --images: parity images (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="with --images: split seed, as spnas-export (default 0)")
-    parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")
-    parser.add_argument("--min-sqnr-db", type=float, metavar="Y", help="override the SQNR floor (dB)")
-    parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")
+    add_threshold_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write a Markdown table for a CI comment")
     parser.add_argument("--explain", action="store_true", help="int8: per-layer SQNR drift, worst first")
