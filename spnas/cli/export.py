@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", required=True, choices=["onnx", "tflite", "coreml", "all"],
                         help="target format, or all three")
     parser.add_argument("--int8", action="store_true", help="also write an int8 post-training-quantized artifact")
-    parser.add_argument("--fp16", action="store_true", help="TFLite/ONNX: also write a float16-weight artifact")
+    parser.add_argument("--fp16", action="store_true",
+                        help="TFLite: also write a float16-weight artifact (CoreML is fp16 by default)")
     parser.add_argument("--weights", default="auto", metavar="W",
                         help='"auto" (default), "random", "hf-hub:timm/spnasnet_100.rmsp_in1k", or a '
                              ".safetensors/.pth/.bin file in timm layout")
