@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spnas.classes import CLASS_NAMES_PATH, read_class_names
 from spnas.errors import SpnasError
 from spnas.images import EMBEDDED_DIR
 from spnas.io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_out_dir
@@ -36,7 +37,6 @@ CROP_FILE = "golden/crop.rgb"
 INPUT_FILE = "golden/input.bin"
 ASSET_FILES = (MODEL_FILE, LABELS_FILE, PREPROCESSING_FILE, GOLDEN_FILE, SAMPLE_FILE, CROP_FILE, INPUT_FILE)
 
-CLASS_NAMES_PATH = Path(__file__).parent / "data" / "imagenet_classes.txt"
 CLASS_NAMES_SOURCE = ("timm 1.0.31 wheel (PyPI): imagenet_synsets.txt + imagenet_synset_to_lemma.txt, first lemma; "
                       "see spnas/data/IMAGENET_CLASSES.md")
 DEFAULT_SAMPLE = EMBEDDED_DIR / "chelsea.jpg"
@@ -152,13 +152,6 @@ def sample_image(source: Path, short_side: int):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def read_class_names(path: Path) -> list[str]:
-    names = path.read_text(encoding="utf-8").splitlines()
-    if len(names) != 1000 or any(not name.strip() for name in names):
-        raise SpnasError(f"{path}: expected 1000 non-empty class names, found {len(names)} lines")
-    return names
 
 
 def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSpec = DEFAULT_SPEC, *,

@@ -10,6 +10,13 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """10 log10(sum ref^2 / sum (ref - cand)^2); infinite for an exact match."""
+    reference = np.asarray(reference, dtype=np.float64)
+    noise = float(((np.asarray(candidate, dtype=np.float64) - reference) ** 2).sum())
+    return float("inf") if noise == 0 else 10.0 * float(np.log10(max(float((reference**2).sum()), 1e-30) / noise))
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
     """Metrics of candidate logits (N, C) against reference logits (N, C).
 
@@ -27,8 +34,6 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
     error = candidate - reference
     max_abs = float(np.abs(error).max())
     logit_range = float(reference.max() - reference.min()) or 1.0
-    noise = float((error**2).sum())
-    signal = float((reference**2).sum())
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     cosine = float(np.mean((reference * candidate).sum(axis=1) / np.maximum(norms, 1e-30)))
     ref_top1 = reference.argmax(axis=1)
@@ -38,7 +43,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
         "max_abs_error": max_abs,
         "max_rel_error": max_abs / logit_range,
         "cosine": cosine,
-        "sqnr_db": float("inf") if noise == 0 else 10.0 * float(np.log10(signal / noise)),
+        "sqnr_db": sqnr_db(reference, candidate),
         "top1_agreement": float(np.mean(candidate.argmax(axis=1) == ref_top1)),
         "top5_agreement": float(np.mean((cand_top5 == ref_top1[:, None]).any(axis=1))),
     }

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from spnas import android
+from spnas import android, classes
 from spnas.errors import SpnasError
 from spnas.preprocess import DEFAULT_SPEC, load_pixels
 
@@ -166,11 +166,11 @@ def test_model_loads_and_labels_have_1000_names(assets):
     assert runner.run(np.zeros((1, 224, 224, 3), np.uint8)).shape == (1, 1000)
     labels = (assets / android.LABELS_FILE).read_text(encoding="utf-8").splitlines()
     assert len(labels) == 1000
-    assert labels == android.CLASS_NAMES_PATH.read_text(encoding="utf-8").splitlines()
+    assert labels == classes.CLASS_NAMES_PATH.read_text(encoding="utf-8").splitlines()
 
 
 def test_class_names_match_the_labelled_imagenet_sample(labels_csv):
-    names = android.read_class_names(android.CLASS_NAMES_PATH)
+    names = classes.read_class_names()
     with open(labels_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 800
@@ -180,9 +180,9 @@ def test_class_names_match_the_labelled_imagenet_sample(labels_csv):
 
 
 def test_class_names_file_is_the_one_whose_provenance_is_recorded():
-    recorded = (android.CLASS_NAMES_PATH.parent / "IMAGENET_CLASSES.md").read_text()
+    recorded = (classes.CLASS_NAMES_PATH.parent / "IMAGENET_CLASSES.md").read_text()
     digest = re.search(r"output sha256 \| `([0-9a-f]{64})`", recorded).group(1)
-    assert hashlib.sha256(android.CLASS_NAMES_PATH.read_bytes()).hexdigest() == digest
+    assert hashlib.sha256(classes.CLASS_NAMES_PATH.read_bytes()).hexdigest() == digest
 
 
 def test_golden_crop_is_the_host_preprocessing_of_the_sample(assets, golden):

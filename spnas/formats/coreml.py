@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spnas.classes import read_class_names
 from spnas.errors import SpnasError
 from spnas.formats import Artifact, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.io import atomic_path
@@ -60,7 +61,6 @@ DEPLOYMENT_TARGET = "iOS17"
 INT8_MODES = ("w8a8", "w8")
 INPUT_NAME, IMAGE_INPUT_NAME, OUTPUT_NAME = "input", "image", "logits"
 BUGGY_PASSES = ("common::int_op_canonicalization",)
-CLASS_NAMES_PATH = Path(__file__).resolve().parents[1] / "data" / "imagenet_classes.txt"
 ACTIVATION_OBSERVER = "min_max"
 CALIBRATION_BATCH = 16
 NOISY_WARNINGS = (".*quantize_per_tensor.*", ".*quantized tensor.*", ".*torch.ao.quantization is deprecated.*",
@@ -196,12 +196,6 @@ def _calibrated_w8a8(model, calibration_pixels: np.ndarray, spec: PreprocessSpec
         return quantizer.finalize(inplace=False).eval()
 
 
-def _class_labels() -> list[str]:
-    if not CLASS_NAMES_PATH.is_file():
-        raise SpnasError(f"{CLASS_NAMES_PATH}: ImageNet class names missing from the installation")
-    return CLASS_NAMES_PATH.read_text().splitlines()
-
-
 def _save(mlmodel, ctx, precision: str, details: dict) -> Artifact:
     from spnas import __version__
 
@@ -216,7 +210,7 @@ def _save(mlmodel, ctx, precision: str, details: dict) -> Artifact:
     metadata = mlmodel.user_defined_metadata
     metadata.update(artifact_metadata(ctx, precision))
     metadata["spnas.input"] = "image" if image_input else "tensor"
-    metadata["spnas.class_labels"] = json.dumps(_class_labels())
+    metadata["spnas.class_labels"] = json.dumps(read_class_names())
     metadata["spnas.details"] = json.dumps(details)
     path = Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}"
     with atomic_path(path) as tmp:

@@ -63,6 +63,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, Inva
 from spnas.errors import SpnasError
 from spnas.formats import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.io import atomic_path
+from spnas.parity import sqnr_db
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 SUFFIX = ".onnx"
@@ -391,8 +392,7 @@ def layer_sqnr(float_path: str | Path, int8_path: str | Path, pixels: np.ndarray
         model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
         session = ort.InferenceSession(model.SerializeToString(), session_options(num_threads),
                                        providers=["CPUExecutionProvider"])
-        spec = PreprocessSpec.from_dict(json.loads({p.key: p.value for p in model.metadata_props}
-                                                   .get("spnas.preprocessing", "{}")))
+        spec = spec_from_metadata({p.key: p.value for p in model.metadata_props})
         batch = session.get_inputs()[0].shape[0]
         step = batch if isinstance(batch, int) else 16
         results = {n: [] for n in names}
@@ -404,9 +404,5 @@ def layer_sqnr(float_path: str | Path, int8_path: str | Path, pixels: np.ndarray
 
     reference = run(float_model, [f for f, _ in pairs.values()])
     quantized = run(int8_model, [q for _, q in pairs.values()])
-    sqnr = {}
-    for layer, (float_name, int8_name) in pairs.items():
-        signal = float((reference[float_name] ** 2).sum())
-        noise = float(((reference[float_name] - quantized[int8_name]) ** 2).sum())
-        sqnr[layer] = float("inf") if noise == 0 else 10.0 * float(np.log10(max(signal, 1e-30) / noise))
-    return sqnr
+    return {layer: sqnr_db(reference[float_name], quantized[int8_name])
+            for layer, (float_name, int8_name) in pairs.items()}

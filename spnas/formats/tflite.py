@@ -56,6 +56,7 @@ import numpy as np
 
 from spnas.errors import SpnasError
 from spnas.formats import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
+from spnas.parity import sqnr_db
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 SUFFIX = ".tflite"
@@ -553,8 +554,8 @@ def layer_errors(model, calibration_pixels: np.ndarray, eval_pixels: np.ndarray,
         name = "classifier" if row["op_name"] == "FULLY_CONNECTED" else _timm_name(row["tensor_name"], result)
         if name is not None and row["op_name"] in MAC_OPS and float(row["scale"]) > 0:
             result[name]["local_rel_rmse"] = float(np.sqrt(float(row["mean_squared_error"])) / float(row["scale"]))
-    for name, sqnr_db in accumulated_sqnr(quantize_calibrated(calibrated), folded, eval_pixels, spec).items():
-        result[name]["accumulated_sqnr_db"] = sqnr_db
+    for name, value in accumulated_sqnr(quantize_calibrated(calibrated), folded, eval_pixels, spec).items():
+        result[name]["accumulated_sqnr_db"] = value
     return result
 
 
@@ -564,8 +565,7 @@ def accumulated_sqnr(content: bytes, folded, pixels: np.ndarray, spec: Preproces
     sqnr = {}
     for name, values in _int8_outputs(content, pixels, [conv.name for conv in folded.layers()], spec).items():
         ref = reference[name] if reference[name].ndim == 2 else reference[name].transpose(0, 2, 3, 1)
-        noise = float(((values - ref) ** 2).sum())
-        sqnr[name] = float("inf") if noise == 0 else float(10 * np.log10(float((ref**2).sum()) / noise))
+        sqnr[name] = sqnr_db(ref, values)
     return sqnr
 
 
