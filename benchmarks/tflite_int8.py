@@ -4,11 +4,14 @@ Protocol (shared by all issues): fixture weights, calibrate on labels.csv rows 0
 on rows 600-799 against the PyTorch reference.
 
 - fidelity: top-1 agreement and logit SQNR of the int8 model for each variant: the converter's
-  min/max calibration, with cross-layer equalization (weights, Nagel et al. 2019), with
-  activation-range equalization, with bias correction, MSE range setting (our default), MSE
-  on top of activation equalization, the ``--uint8-input`` model, calibration size, and the
-  MSE clip weight (how much more a clipped value counts than rounding noise); and,
-  in float, what folding the normalisation into the stem with raw zero padding would cost;
+  min/max calibration, MSE range setting with several clip weights (how much more a clipped
+  value counts than rounding noise), each with and without bias correction against the int8
+  simulation (the default is MSE, clip weight 4, bias correction), the default on top of
+  cross-layer equalization (weights, Nagel et al. 2019) and of activation-range equalization,
+  the ``--uint8-input`` model, calibration size; and, in float, what folding the
+  normalisation into the stem with raw zero padding would cost;
+- the report ``spnas-export --calib imagenet-sample`` writes: its own seeded split (200
+  calibration, 50 parity images) for seeds 0-3, default recipe against the previous one;
 - speed: batch-1 ``invoke`` latency in LiteRT with XNNPACK at 1 thread of fp32, fp16 and int8,
   measured interleaved (round-robin, many rounds) in one process and reported as ratios of
   medians measured in the same rounds, because the machine is shared and absolute times drift.
@@ -35,7 +38,7 @@ import numpy as np  # noqa: E402
 import spnas  # noqa: E402
 from spnas import folding  # noqa: E402
 from spnas.formats import tflite  # noqa: E402
-from spnas.images import fidelity_protocol, labelled_rows  # noqa: E402
+from spnas.images import fidelity_protocol, labelled_rows, split_images  # noqa: E402
 from spnas.parity import compare  # noqa: E402
 from spnas.preprocess import DEFAULT_SPEC, normalize  # noqa: E402
 from spnas.reference import TorchRunner  # noqa: E402
@@ -46,27 +49,48 @@ PEERS = {"litert-torch static_wi8_ai8": {"top1_agreement": 0.915, "sqnr_db": 28.
          "onnxruntime quantize_static per_channel": {"top1_agreement": 0.980, "sqnr_db": 33.5}}
 
 
+DEFAULT = "default: MSE ranges (clip weight 4) + bias correction"
+
+
 def variants(folded, calib, quick: bool) -> list[tuple[str, dict]]:
-    """(name, convert kwargs) for each technique; the folded net is transformed lazily."""
+    """(name, convert options) for each technique; the folded net is transformed lazily."""
     x = normalize(calib)
-    found = [("MSE range setting (default)", {"folded": lambda: folded, "range_setting": "mse"})]
+    found = [(DEFAULT, {})]
     if quick:
         return found
     act_eq = lambda: folding.equalize(folded, folding.channel_ranges(folded, x))  # noqa: E731
     found += [
-        ("min/max (converter default)", {"folded": lambda: folded, "range_setting": "minmax"}),
-        ("min/max + CLE (weights)", {"folded": lambda: folding.equalize(folded), "range_setting": "minmax"}),
-        ("min/max + activation equalization", {"folded": act_eq, "range_setting": "minmax"}),
-        ("min/max + bias correction", {"folded": lambda: folding.correct_bias(folded, x), "range_setting": "minmax"}),
-        ("MSE + activation equalization", {"folded": act_eq, "range_setting": "mse"}),
-        ("MSE, --uint8-input", {"folded": lambda: folded, "range_setting": "mse", "uint8_input": True}),
-        ("MSE, 64 calibration images", {"folded": lambda: folded, "range_setting": "mse", "calib": calib[:64]}),
-        ("MSE, 256 calibration images (rows 0-255)", {"folded": lambda: folded, "range_setting": "mse",
-                                                      "calib": "256"}),
+        ("min/max (converter default)", {"range_setting": "minmax", "bias_correction": False}),
+        ("min/max + bias correction", {"range_setting": "minmax"}),
+        ("MSE clip weight 1 (previous default)", {"clip_weight": 1.0, "bias_correction": False}),
+        ("MSE clip weight 4, no bias correction", {"bias_correction": False}),
+        ("MSE clip weight 1 + bias correction", {"clip_weight": 1.0}),
+        ("MSE clip weight 2 + bias correction", {"clip_weight": 2.0}),
+        ("MSE clip weight 8 + bias correction", {"clip_weight": 8.0}),
+        ("default + CLE (weights)", {"folded": lambda: folding.equalize(folded)}),
+        ("default + activation equalization", {"folded": act_eq}),
+        ("default, --uint8-input", {"uint8_input": True}),
+        ("default, 64 calibration images", {"calib": calib[:64]}),
+        ("default, 256 calibration images (rows 0-255)", {"calib": "256"}),
     ]
-    found += [(f"MSE, clip weight {weight:g}", {"folded": lambda: folded, "range_setting": "mse",
-                                                "clip_weight": weight}) for weight in (2.0, 4.0, 8.0)]
     return found
+
+
+def seeded_splits(model, folded, shared: Path, seeds) -> list[dict]:
+    """What ``spnas-export --calib imagenet-sample`` reports: its own seeded split (200
+    calibration, 50 parity images) per seed, with the default recipe and the previous one."""
+    rows = []
+    for seed in seeds:
+        calib, parity = split_images(shared / "imagenet-sample", seed=seed)
+        reference = TorchRunner(model).run(parity.pixels)
+        for name, options in ((DEFAULT, {}), ("MSE clip weight 1 (previous default)",
+                                              {"clip_weight": 1.0, "bias_correction": False})):
+            content = tflite.convert(folded, "int8", calibration_pixels=calib.pixels, **options)
+            metrics = compare(reference, tflite.TFLiteRunner(content).run(parity.pixels))
+            rows.append({"seed": seed, "variant": name, **metrics})
+            print(f"seed {seed} {name:40s} top-1 {metrics['top1_agreement']:.3f}  SQNR {metrics['sqnr_db']:.2f} dB",
+                  flush=True)
+    return rows
 
 
 def naive_uint8_fold(folded, spec):
@@ -122,22 +146,22 @@ def main() -> None:
         fidelity.append({"variant": precision, "convert_s": round(time.perf_counter() - start, 1), **metrics})
         print(f"{precision:40s} rel err {metrics['max_rel_error']:.2e} SQNR {metrics['sqnr_db']:.1f} dB", flush=True)
     for name, options in variants(folded, calib, args.quick):
-        start = time.perf_counter()
-        pixels = options.get("calib", calib)
+        options = dict(options)
+        pixels = options.pop("calib", calib)
         if isinstance(pixels, str):
             pixels = labelled_rows(labels, 0, int(pixels)).pixels
-        content = tflite.convert(options["folded"](), "int8", calibration_pixels=pixels,
-                                 range_setting=options["range_setting"], uint8_input=options.get("uint8_input", False),
-                                 clip_weight=options.get("clip_weight", 1.0))
+        start = time.perf_counter()
+        content = tflite.convert(options.pop("folded", lambda: folded)(), "int8", calibration_pixels=pixels, **options)
         seconds = time.perf_counter() - start
         metrics = compare(reference, tflite.TFLiteRunner(content).run(held_out))
         fidelity.append({"variant": name, "convert_s": round(seconds, 1), **metrics})
-        print(f"{name:40s} top-1 {metrics['top1_agreement']:.3f}  SQNR {metrics['sqnr_db']:.2f} dB  "
+        print(f"{name:48s} top-1 {metrics['top1_agreement']:.3f}  SQNR {metrics['sqnr_db']:.2f} dB  "
               f"({seconds:.0f} s to convert)", flush=True)
-        if name.startswith("MSE range setting"):
+        if name == DEFAULT:
             models["int8"] = content
         elif "uint8" in name:
             models["int8 --uint8-input"] = content
+    splits = [] if args.quick else seeded_splits(model, folded, args.shared, range(4))
 
     naive = naive_uint8_fold(folded, DEFAULT_SPEC).forward(held_out.transpose(0, 3, 1, 2).astype(np.float32))
     border = compare(reference, naive)
@@ -153,12 +177,13 @@ def main() -> None:
         print(f"latency {name:24s} median {latency[name]['median']:.2f} ms ({ratios[name]:.2f}x fp32), "
               f"min {latency[name]['min']:.2f} ms ({ratios_of_min[name]:.2f}x fp32)")
 
-    default = next(row for row in fidelity if row["variant"].startswith("MSE range setting"))
+    default = next(row for row in fidelity if row["variant"] == DEFAULT)
     result = {
         "protocol": "fixture weights; calibration labels.csv rows 0-127, evaluation rows 600-799; "
                     "LiteRT interpreter, XNNPACK, 1 thread, batch 1; latency = median of interleaved invokes",
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
         "fidelity": fidelity,
+        "cli_seeded_splits": splits,
         "latency_ms": latency,
         "latency_ratio_to_fp32": ratios,
         "latency_ratio_to_fp32_of_min": ratios_of_min,
