@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from shared_data import SHARED_DATA as SHARED
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SPNAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def main() -> int:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from shared_data import SHARED_DATA  # noqa: E402
 
 from spnas.errors import SpnasError  # noqa: E402
 
@@ -37,10 +38,6 @@ TARGETS = [(("tflite", "int8"), ("tflite", "fp32"), 0.45), (("onnx", "int8"), ("
 LITERT_TORCH_RESULTS = Path(__file__).resolve().parent / "results" / "litert_torch_compare.json"
 EXPORT_OPTIONS = {"uint8_input": False, "dynamic_batch": False, "fp32": False, "image_input": False,
                   "coreml_int8_mode": "w8a8"}
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("SPNAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -214,7 +211,7 @@ def main(argv=None) -> int:
     def log(message: str) -> None:
         print(f"headline: {message}", file=sys.stderr, flush=True)
 
-    data = shared_data()
+    data = SHARED_DATA
     weights, labels = data / "spnasnet_100_fixture.safetensors", data / "imagenet-sample" / "labels.csv"
     if not weights.is_file() or not labels.is_file():
         print(f"error: shared data missing under {data} (set SPNAS_SHARED_DATA)", file=sys.stderr)

@@ -55,13 +55,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from shared_data import SHARED_DATA  # noqa: E402
 
 import spnas  # noqa: E402
 from spnas.images import PROTOCOL_CALIB_ROWS, PROTOCOL_EVAL_ROWS, labelled_rows  # noqa: E402
 from spnas.parity import compare  # noqa: E402
 from spnas.preprocess import normalize  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = SHARED_DATA
 ISSUE_QUOTE = {"litert_torch_fp32_ms": 3.99, "litert_torch_int8_ms": 1.71, "our_fp32_ms": 8.0, "our_int8_ms": 3.9,
                "litert_torch_int8_top1": 0.915, "litert_torch_int8_sqnr_db": 28.6}
 TARGET = {"int8_over_our_fp32": 0.45, "int8_over_litert_torch_int8": 1.0}

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+from shared_data import SHARED_DATA  # noqa: E402
 
 import spnas  # noqa: E402
 from spnas.formats import onnx as onnx_format  # noqa: E402
@@ -105,7 +106,7 @@ def make_session(path: Path, threads: int, level=None, spinning: bool = False) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--shared", type=Path, default=SHARED_DATA)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "onnx_int8.json")

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from shared_data import SHARED_DATA  # noqa: E402
 
 import spnas  # noqa: E402
 from spnas import folding  # noqa: E402
@@ -125,7 +126,7 @@ def interleaved_ms(runners: dict, prepared: dict, rounds: int, per_round: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--shared", type=Path, default=SHARED_DATA)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="only the default int8 recipe")
