@@ -100,20 +100,15 @@ class FoldedNet:
             state[f"{conv.name}.bias"] = conv.bias
         return state
 
-    def activations(self, x: np.ndarray, inputs: bool = False) -> dict[str, np.ndarray]:
-        """Output (after ReLU) of every layer for an NCHW float batch, float32; with
-        ``inputs`` the input of every layer instead."""
+    def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Output (after ReLU) of every layer for an NCHW float batch, float32."""
         import torch
 
         seen = {}
 
         def run(conv: FoldedConv, t):
-            if inputs:
-                seen[conv.name] = t
-            out = _apply(conv, t)
-            if not inputs:
-                seen[conv.name] = out
-            return out
+            seen[conv.name] = _apply(conv, t)
+            return seen[conv.name]
 
         with torch.inference_mode():
             t = run(self.stem, torch.from_numpy(np.asarray(x, np.float32)))
@@ -269,7 +264,6 @@ def correct_bias(folded: FoldedNet, x_nchw: np.ndarray, activation_ranges: dict 
     the shifts add up along the 22 blocks.  Memory: all images' activations of one layer.
     """
     import torch
-    import torch.nn.functional as F
 
     ranges = activation_ranges or {}
     corrected: dict[str, FoldedConv] = {}
@@ -283,16 +277,9 @@ def correct_bias(folded: FoldedNet, x_nchw: np.ndarray, activation_ranges: dict 
         return (torch.clamp(torch.round(t / scale) + zero_point, -128, 127) - zero_point) * scale
 
     def layer(conv: FoldedConv, float_in, int8_in):
-        int8_weight = conv.weight if conv.name in float_layers else quantize_weight_per_channel(conv.weight)
-        bias = torch.from_numpy(conv.bias.astype(np.float32))
-
-        def pre_activation(t, weight):
-            weight = torch.from_numpy(np.asarray(weight, np.float32))
-            if conv.is_linear:
-                return F.linear(t, weight, bias)
-            return F.conv2d(t, weight, bias, conv.stride, conv.padding, groups=conv.groups)
-
-        float_out, int8_out = pre_activation(float_in, conv.weight), pre_activation(int8_in, int8_weight)
+        linear = replace(conv, relu=False)
+        int8 = linear if conv.name in float_layers else replace(linear, weight=quantize_weight_per_channel(conv.weight))
+        float_out, int8_out = _apply(linear, float_in), _apply(int8, int8_in)
         axes = (0,) if conv.is_linear else (0, 2, 3)
         shift = (int8_out - float_out).double().mean(dim=axes).float()
         int8_out -= shift.view(1, -1, *([1] * (int8_out.ndim - 2)))
