@@ -158,7 +158,6 @@ def _tf_weights(conv):
 # ---------------------------------------------------------------- conversion
 
 HISTOGRAM_BINS = 2048
-PAD_OPCODE = 34  # tflite BuiltinOperator.PAD
 # A clipped value counts 4x a rounded one: clipping errors are coherent (same sign over a
 # channel) and survive the global pool, rounding noise averages out.  With bias correction,
 # 4 beat 1, 2 and 8 on the protocol and on the CLI's seeded splits (benchmarks/tflite_int8.py).
@@ -305,8 +304,6 @@ def _configure_int8(converter, calibration_pixels, uint8_input: bool, spec: Prep
     converter.inference_output_type = tf.int8
 
 
-
-
 def mse_ranges(calibrated: bytes, dataset, clip_weight: float = CLIP_WEIGHT) -> bytes:
     """Shrink every calibrated activation range (not the model input or output) to the one that
     minimises the expected squared int8 error on the calibration data: rounding noise
@@ -322,11 +319,7 @@ def mse_ranges(calibrated: bytes, dataset, clip_weight: float = CLIP_WEIGHT) -> 
 
     model = flatbuffer_utils.read_model_from_bytearray(calibrated)
     graph = model.subgraphs[0]
-    pad_source = {}
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == PAD_OPCODE:
-            pad_source[op.outputs[0]] = op.inputs[0]
+    pad_source = _pad_sources(model)
     fixed = set(graph.inputs) | set(graph.outputs) | set(pad_source)
     targets = [index for index, tensor in enumerate(graph.tensors) if index not in fixed
                and tensor.quantization is not None and tensor.quantization.min is not None
@@ -389,10 +382,9 @@ def _layer_tensors(model, folded) -> tuple[dict[str, int], dict[str, int]]:
     kinds = schema.BuiltinOperator
     graph = model.subgraphs[0]
     names = {conv.name for conv in folded.layers()}
-    activations, biases, pad_source = {}, {}, {}
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        kind, output = max(code.builtinCode, code.deprecatedBuiltinCode), op.outputs[0]
+    activations, biases = {}, {}
+    for kind, op in _op_kinds(model):
+        output = op.outputs[0]
         scope = graph.tensors[output].name.decode().split(";")[0].split("/")[0]
         if kind in (kinds.CONV_2D, kinds.DEPTHWISE_CONV_2D, kinds.FULLY_CONNECTED):
             name = "classifier" if kind == kinds.FULLY_CONNECTED else _timm_name(scope, names)
@@ -405,10 +397,22 @@ def _layer_tensors(model, folded) -> tuple[dict[str, int], dict[str, int]]:
             activations[scope] = output
         elif kind == kinds.MEAN:
             activations["global_pool"] = output
-        elif kind == kinds.PAD:
-            pad_source[output] = op.inputs[0]
-    activations["input"] = pad_source.get(activations["input"], activations["input"])
+    activations["input"] = _pad_sources(model).get(activations["input"], activations["input"])
     return activations, biases
+
+
+def _op_kinds(model):
+    """(builtin operator code, op) for every op of a TFLite model object's graph."""
+    for op in model.subgraphs[0].operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        yield max(code.builtinCode, code.deprecatedBuiltinCode), op
+
+
+def _pad_sources(model) -> dict[int, int]:
+    """PAD output tensor -> PAD input tensor (an int8 PAD keeps its input's range)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {op.outputs[0]: op.inputs[0] for kind, op in _op_kinds(model) if kind == schema.BuiltinOperator.PAD}
 
 
 def _best_ratio(histogram: np.ndarray, low: float, high: float, clip_weight: float) -> float:
