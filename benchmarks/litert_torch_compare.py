@@ -62,7 +62,6 @@ from spnas.images import PROTOCOL_CALIB_ROWS, PROTOCOL_EVAL_ROWS, labelled_rows 
 from spnas.parity import compare  # noqa: E402
 from spnas.preprocess import normalize  # noqa: E402
 
-DATA = SHARED_DATA
 ISSUE_QUOTE = {"litert_torch_fp32_ms": 3.99, "litert_torch_int8_ms": 1.71, "our_fp32_ms": 8.0, "our_int8_ms": 3.9,
                "litert_torch_int8_top1": 0.915, "litert_torch_int8_sqnr_db": 28.6}
 TARGET = {"int8_over_our_fp32": 0.45, "int8_over_litert_torch_int8": 1.0}
@@ -303,8 +302,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ours", type=Path, required=True,
                         help="folder with spnasnet_100_fp32.tflite and spnasnet_100_int8.tflite (spnas-export)")
-    parser.add_argument("--weights", type=Path, default=DATA / "spnasnet_100_fixture.safetensors")
-    parser.add_argument("--labels", type=Path, default=DATA / "imagenet-sample" / "labels.csv")
+    parser.add_argument("--weights", type=Path, default=SHARED_DATA / "spnasnet_100_fixture.safetensors")
+    parser.add_argument("--labels", type=Path, default=SHARED_DATA / "imagenet-sample" / "labels.csv")
     parser.add_argument("--work", type=Path, default=None, help="where the litert-torch artifacts go (default: temp)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=9)

@@ -34,14 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-from shared_data import SHARED_DATA  # noqa: E402
+from shared_data import SHARED_DATA, fixture_protocol  # noqa: E402
 
-import spnas  # noqa: E402
 from spnas.formats import onnx as onnx_format  # noqa: E402
 from spnas.formats.onnx import Int8Scheme  # noqa: E402
-from spnas.images import fidelity_protocol  # noqa: E402
 from spnas.parity import compare  # noqa: E402
-from spnas.reference import TorchRunner  # noqa: E402
 
 ORT_DEFAULT = Int8Scheme(activation_type="int8", per_channel=False, calibration="minmax", float_classifier=False)
 CHOSEN = Int8Scheme()
@@ -112,10 +109,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "onnx_int8.json")
     args = parser.parse_args()
 
-    labels = args.shared / "imagenet-sample" / "labels.csv"
-    calib, held_out = (images.pixels for images in fidelity_protocol(labels))
-    model = spnas.create_model(str(args.shared / "spnasnet_100_fixture.safetensors"))
-    reference = TorchRunner(model).run(held_out)
+    model, calib, held_out, reference = fixture_protocol(args.shared)
 
     with tempfile.TemporaryDirectory(prefix="spnas-onnx-bench.") as tmp:
         work = Path(tmp)

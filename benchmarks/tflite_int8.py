@@ -34,12 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from shared_data import SHARED_DATA  # noqa: E402
+from shared_data import SHARED_DATA, fixture_protocol  # noqa: E402
 
-import spnas  # noqa: E402
 from spnas import folding  # noqa: E402
 from spnas.formats import tflite  # noqa: E402
-from spnas.images import fidelity_protocol, labelled_rows, split_images  # noqa: E402
+from spnas.images import labelled_rows, split_images  # noqa: E402
 from spnas.parity import compare  # noqa: E402
 from spnas.preprocess import DEFAULT_SPEC, normalize  # noqa: E402
 from spnas.reference import TorchRunner  # noqa: E402
@@ -134,9 +133,7 @@ def main() -> None:
     args = parser.parse_args()
 
     labels = args.shared / "imagenet-sample" / "labels.csv"
-    calib, held_out = (images.pixels for images in fidelity_protocol(labels))
-    model = spnas.create_model(str(args.shared / "spnasnet_100_fixture.safetensors"))
-    reference = TorchRunner(model).run(held_out)
+    model, calib, held_out, reference = fixture_protocol(args.shared)
     folded = folding.fold_batchnorm(model)
 
     models, fidelity = {}, []
