@@ -31,8 +31,8 @@ def main() -> int:
 
     import spnas
     from spnas.console import format_table
+    from spnas.export import ExportContext, format_module
     from spnas.faults import FAULTS, apply_fault
-    from spnas.formats import ExportContext, format_module
     from spnas.images import split_images
     from spnas.parity import DEFAULT_THRESHOLDS, compare
     from spnas.preprocess import DEFAULT_SPEC

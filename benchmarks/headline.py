@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def export_all(model, calib_pixels, out_dir: Path, notes: list[str], log) -> list:
     """Every available format in every precision; a format that is absent or fails becomes a note."""
-    from spnas.formats import FORMATS, ExportContext, format_module
+    from spnas.export import FORMATS, ExportContext, format_module
     from spnas.preprocess import DEFAULT_SPEC
 
     artifacts = []
@@ -85,7 +85,7 @@ def export_all(model, calib_pixels, out_dir: Path, notes: list[str], log) -> lis
 
 
 def fidelity(artifacts, eval_pixels, reference, log) -> dict:
-    from spnas.formats import format_module
+    from spnas.export import format_module
     from spnas.parity import compare, to_json_number
 
     results = {}

@@ -28,7 +28,7 @@ Our artifacts need TensorFlow, so they come from the project's venv; pass their 
 
 The CLI calibrates on its own seeded split of all 800 images, which can overlap the evaluation
 rows; the committed JSON used our artifacts calibrated on rows 0-127 instead (``ExportContext``
-with ``spnas.images.fidelity_protocol``'s calibration set, then ``spnas.formats.tflite.export``).
+with ``spnas.images.fidelity_protocol``'s calibration set, then ``spnas.export.tflite.export``).
 
 ``--pad-control`` also times our graphs with every explicit PAD folded into its conv as ``SAME``
 (numerically different, timing only), to show whether XNNPACK pays for the PADs.  ``--per-op``

@@ -1,7 +1,7 @@
 """ONNX int8 in ONNX Runtime: which quantization scheme is both faster than fp32 and faithful.
 
 Protocol (shared by all issues): fixture weights, calibrate on labels.csv rows 0-127, evaluate on
-rows 600-799 against the PyTorch reference.  Every scheme of ``spnas.formats.onnx.Int8Scheme``
+rows 600-799 against the PyTorch reference.  Every scheme of ``spnas.export.onnx.Int8Scheme``
 that the issue asks about is built from the same fp32 export:
 
 - fidelity: top-1 agreement and logit SQNR for each scheme (calibration ranges are computed
@@ -11,7 +11,7 @@ that the issue asks about is built from the same fp32 export:
   medians to fp32 measured in the same rounds, because the machine is shared and absolute
   times drift;
 - session options for fp32 and the chosen int8: optimization level, an offline-optimized model,
-  thread spinning (the main table uses ``spnas.formats.onnx.session_options``: spinning off).
+  thread spinning (the main table uses ``spnas.export.onnx.session_options``: spinning off).
 
 Run: ``python benchmarks/onnx_int8.py [--rounds 15] [--shared ../shared/data]``.
 Writes ``benchmarks/results/onnx_int8.json``.
@@ -36,8 +36,8 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from shared_data import SHARED_DATA, fixture_protocol  # noqa: E402
 
-from spnas.formats import onnx as onnx_format  # noqa: E402
-from spnas.formats.onnx import Int8Scheme  # noqa: E402
+from spnas.export import onnx as onnx_format  # noqa: E402
+from spnas.export.onnx import Int8Scheme  # noqa: E402
 from spnas.parity import compare  # noqa: E402
 
 ORT_DEFAULT = Int8Scheme(activation_type="int8", per_channel=False, calibration="minmax", float_classifier=False)

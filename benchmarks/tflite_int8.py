@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from shared_data import SHARED_DATA, fixture_protocol  # noqa: E402
 
 from spnas import folding  # noqa: E402
-from spnas.formats import tflite  # noqa: E402
+from spnas.export import tflite  # noqa: E402
 from spnas.images import labelled_rows, split_images  # noqa: E402
 from spnas.parity import compare  # noqa: E402
 from spnas.preprocess import DEFAULT_SPEC, normalize  # noqa: E402

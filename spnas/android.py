@@ -159,10 +159,10 @@ def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSp
                 class_names: str | Path = CLASS_NAMES_PATH, progress: Callable[[str], object] | None = None) -> dict:
     """Write the app's assets into ``out_dir`` and return the preprocessing JSON written.
 
-    The golden input is what the host runner (``spnas.formats.load_runner``) feeds the model; the
+    The golden input is what the host runner (``spnas.export.load_runner``) feeds the model; the
     golden logits come from the LiteRT interpreter on that input.  Each file is written atomically.
     """
-    from spnas.formats import load_runner
+    from spnas.export import load_runner
 
     tflite_path, sample = Path(tflite_path), Path(sample)
     if tflite_path.suffix != ".tflite" or not tflite_path.is_file():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spnas.formats import RunnerBase
+from spnas.export import RunnerBase
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 

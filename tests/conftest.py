@@ -75,8 +75,8 @@ def reference_logits(fixture_model, parity_pixels) -> np.ndarray:
 @pytest.fixture(scope="session")
 def tflite_artifacts(fixture_model, calib_pixels, tmp_path_factory) -> dict:
     """fp32, fp16 and int8 TFLite exports of the fixture weights, shared by every test that needs one."""
-    from spnas.formats import ExportContext
-    from spnas.formats.tflite import export
+    from spnas.export import ExportContext
+    from spnas.export.tflite import export
     from spnas.preprocess import DEFAULT_SPEC
 
     ctx = ExportContext(model=fixture_model, weights=fixture_model.weights_info, preprocessing=DEFAULT_SPEC,

@@ -160,7 +160,7 @@ def test_json_records_the_quantization_the_interpreter_reports(assets, preproces
 
 
 def test_model_loads_and_labels_have_1000_names(assets):
-    from spnas.formats import load_runner
+    from spnas.export import load_runner
 
     runner = load_runner(assets / android.MODEL_FILE)
     assert runner.run(np.zeros((1, 224, 224, 3), np.uint8)).shape == (1, 1000)
@@ -193,7 +193,7 @@ def test_golden_crop_is_the_host_preprocessing_of_the_sample(assets, golden):
 
 
 def test_golden_pair_reproduces_in_litert_on_the_host(assets, golden, preprocessing):
-    from spnas.formats import load_runner
+    from spnas.export import load_runner
 
     tensor = np.frombuffer((assets / android.INPUT_FILE).read_bytes(), np.int8).reshape(1, 224, 224, 3)
     logits = android.run_interpreter(assets / android.MODEL_FILE, tensor)
@@ -244,7 +244,7 @@ def host_crop(pixels: np.ndarray) -> np.ndarray:
 
 
 def test_app_encoder_matches_the_exporters_runner_on_parity_images(assets, preprocessing, parity_pixels):
-    from spnas.formats import load_runner
+    from spnas.export import load_runner
 
     runner = load_runner(assets / android.MODEL_FILE)
     for crop in parity_pixels[:8]:

@@ -303,7 +303,7 @@ def small_models(tmp_path_factory, calib_pixels, parity_pixels):
 
 def test_guest_runner_on_the_host_returns_raw_int8_outputs(small_models, parity_pixels, tmp_path):
     """The script the guest runs, run by the host Python: raw int8 out, both kernel settings."""
-    from spnas.formats.tflite import load
+    from spnas.export.tflite import load
 
     folder, _ = small_models
     model = folder / "small_int8.tflite"

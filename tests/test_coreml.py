@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from spnas.errors import SpnasError
-from spnas.formats import ExportContext
+from spnas.export import ExportContext
 from spnas.parity import DEFAULT_THRESHOLDS, compare
 from spnas.preprocess import DEFAULT_SPEC
 
@@ -25,7 +25,7 @@ VARIANT_IMAGES = 8  # the variant export is checked on the first parity images o
 
 
 def export(model, calib_pixels, out_dir, **options):
-    from spnas.formats import coreml
+    from spnas.export import coreml
 
     ctx = ExportContext(model=model, weights=model.weights_info, preprocessing=DEFAULT_SPEC,
                         calibration_pixels=calib_pixels, out_dir=out_dir, int8=True, options=options,
@@ -46,7 +46,7 @@ def variant_artifacts(fixture_model, calib_pixels, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def default_metrics(default_artifacts, parity_pixels, reference_logits):
-    from spnas.formats.coreml import load
+    from spnas.export.coreml import load
 
     return {precision: compare(reference_logits, load(artifact.path).run(parity_pixels))
             for precision, artifact in default_artifacts.items()}
@@ -123,7 +123,7 @@ def test_w8a8_package_has_int8_weights_and_activation_quantization(default_artif
 
 def test_corrupted_weight_fails_the_parity_gate(default_artifacts, parity_pixels, reference_logits, tmp_path):
     """Negate one conv's weights inside weight.bin: the evaluator must see it."""
-    from spnas.formats.coreml import load
+    from spnas.export.coreml import load
 
     package = tmp_path / "spnasnet_100_fp16.mlpackage"
     shutil.copytree(default_artifacts["fp16"].path, package)
@@ -145,7 +145,7 @@ def test_corrupted_weight_fails_the_parity_gate(default_artifacts, parity_pixels
 
 def test_fp32_image_input_package_matches_reference_to_float32_precision(variant_artifacts, parity_pixels,
                                                                          reference_logits):
-    from spnas.formats.coreml import load
+    from spnas.export.coreml import load
     from spnas.mil_eval import read_spec
 
     artifact = variant_artifacts["fp32"]
@@ -159,7 +159,7 @@ def test_fp32_image_input_package_matches_reference_to_float32_precision(variant
 
 
 def test_weight_only_w8_package(variant_artifacts, parity_pixels, reference_logits):
-    from spnas.formats.coreml import load
+    from spnas.export.coreml import load
 
     artifact = variant_artifacts["int8"]
     assert artifact.details["int8_variant"] == "w8"
@@ -173,7 +173,7 @@ def test_weight_only_w8_package(variant_artifacts, parity_pixels, reference_logi
 @pytest.mark.skipif(sys.platform != "darwin", reason="MLModel.predict needs macOS: Linux checks the packages with "
                                                       "spnas.mil_eval only")
 def test_coreml_runtime_agrees_with_evaluator(default_artifacts, parity_pixels):
-    from spnas.formats.coreml import load
+    from spnas.export.coreml import load
 
     images = parity_pixels[:VARIANT_IMAGES]
     min_sqnr_db = {"fp16": 40.0, "int8": 20.0}  # int8: a runtime may round a few values across a step
@@ -190,7 +190,7 @@ def test_bad_int8_mode_is_a_one_line_error(fixture_model, calib_pixels, tmp_path
 
 
 def test_load_rejects_what_is_not_a_package(tmp_path):
-    from spnas.formats.coreml import load
+    from spnas.export.coreml import load
 
     not_a_package = tmp_path / "model.mlpackage"
     with pytest.raises(SpnasError, match="not an .mlpackage"):

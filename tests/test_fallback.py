@@ -47,7 +47,7 @@ def test_fallback_keeps_layers_in_float_until_the_gate_passes(fallback_export):
 def test_kept_layers_are_float_ops_in_the_written_artifact(fallback_export):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from spnas.formats.tflite import _layer_outputs
+    from spnas.export.tflite import _layer_outputs
 
     _, out, entry = fallback_export
     interpreter = Interpreter(model_path=str(out / entry["path"]),
@@ -82,7 +82,7 @@ def test_onnx_nodes_to_exclude_leaves_the_conv_float(fixture_model, calib_pixels
     import onnx
 
     from spnas.errors import SpnasError
-    from spnas.formats import onnx as onnx_format
+    from spnas.export import onnx as onnx_format
 
     float_path = tmp_path / "fp32.onnx"
     onnx.save(onnx_format.export_float(fixture_model), str(float_path))

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 
 from spnas.errors import SpnasError
-from spnas.formats import ExportContext, load_runner
-from spnas.formats import onnx as onnx_format
+from spnas.export import ExportContext, load_runner
+from spnas.export import onnx as onnx_format
 from spnas.parity import compare
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec
 

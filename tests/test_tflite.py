@@ -24,7 +24,7 @@ MAC_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 
 @pytest.fixture(scope="module")
 def tflite():
-    from spnas.formats import tflite
+    from spnas.export import tflite
 
     return tflite
 

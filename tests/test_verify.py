@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from spnas.export import ExportContext, format_module
 from spnas.faults import apply_fault
-from spnas.formats import ExportContext, format_module
 from spnas.preprocess import DEFAULT_SPEC
 
 VERIFY = [sys.executable, "-m", "spnas.cli.verify"]

@@ -146,7 +146,7 @@ def verify_arm64(artifact: str | Path, pixels: np.ndarray, reference: np.ndarray
     XNNPACK runs must also be bit-exact to x86.  CPU models run in parallel, one qemu per core.
     Returns the report's ``arm64`` block, with ``passed`` and ``failures``.
     """
-    from spnas.formats import load_runner
+    from spnas.export import load_runner
 
     start = time.perf_counter()
     artifact = Path(artifact).resolve()

@@ -43,7 +43,7 @@ class BenchTarget:
 
 def parse_targets(tokens: list[str], weights: str = "random") -> list[BenchTarget]:
     """Command-line artifacts -> targets; ``pytorch`` is the eager reference (latency does not depend on values)."""
-    from spnas.formats import format_of
+    from spnas.export import format_of
 
     targets = []
     for token in tokens:
@@ -98,11 +98,11 @@ def open_runner(target: BenchTarget, threads: int):
 
         torch.set_num_threads(threads)
         return TorchRunner(spnas.create_model(target.weights))
-    from spnas.formats import format_module
+    from spnas.export import format_module
 
     module = format_module(target.format)
     if "num_threads" not in inspect.signature(module.load).parameters:
-        raise SpnasError(f"spnas.formats.{target.format}.load does not take num_threads yet; cannot set threads")
+        raise SpnasError(f"spnas.export.{target.format}.load does not take num_threads yet; cannot set threads")
     return module.load(target.path, num_threads=threads)
 
 

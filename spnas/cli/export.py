@@ -95,7 +95,7 @@ def export(args: argparse.Namespace) -> int:
 
     from spnas import create_model
     from spnas.console import Console, install_warning_format
-    from spnas.formats import FORMATS, ExportContext, format_module
+    from spnas.export import FORMATS, ExportContext, format_module
     from spnas.images import split_images
     from spnas.io import artifact_size, check_out_dir, ensure_out_dir
     from spnas.preprocess import DEFAULT_SPEC

@@ -107,7 +107,7 @@ def verify(args: argparse.Namespace) -> int:
 
     from spnas.console import Console, install_warning_format
     from spnas.errors import SpnasError
-    from spnas.formats import format_of, load_runner
+    from spnas.export import format_of, load_runner
     from spnas.io import artifact_size, atomic_write_text
     from spnas.parity import Thresholds
     from spnas.reference import TorchRunner
@@ -170,7 +170,7 @@ def verify(args: argparse.Namespace) -> int:
 def explain(artifact, pixels, model, console) -> list[dict]:
     """Per-layer int8 drift from the format module's ``explain`` hook, worst first."""
     from spnas.errors import SpnasError
-    from spnas.formats import format_module, format_of
+    from spnas.export import format_module, format_of
 
     module = format_module(format_of(artifact))
     if not hasattr(module, "explain"):

@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from spnas.errors import SpnasError
-from spnas.formats import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
+from spnas.export import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.parity import sqnr_db
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 

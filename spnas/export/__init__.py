@@ -1,6 +1,6 @@
-"""Export formats behind one small shape, so parity and benchmarks are written once.
+"""spnas.export: one module per format behind one small shape, so parity and benchmarks are written once.
 
-Each format module (``spnas.formats.onnx``, ``.tflite``, ``.coreml``) provides:
+Each format module (``spnas.export.onnx``, ``.tflite``, ``.coreml``) provides:
 
 - ``SUFFIX``: the artifact file (or package) suffix, e.g. ``".tflite"``;
 - ``export(ctx: ExportContext) -> list[Artifact]``: write the artifacts the context asks for;
@@ -61,6 +61,12 @@ class Artifact:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def _imagenet_class_names() -> list[str]:
+    from spnas.classes import read_class_names
+
+    return read_class_names()
+
+
 @dataclass
 class ExportContext:
     """Everything an exporter needs; built once by the CLI and shared by all formats."""
@@ -73,6 +79,7 @@ class ExportContext:
     int8: bool = False
     fp16: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # format-specific CLI flags
+    class_names: list[str] = field(default_factory=_imagenet_class_names)  # index-ordered, one per logit
     progress: Callable[[str], Any] = print
 
 
@@ -104,7 +111,7 @@ def format_module(name: str):
     if name not in FORMATS:
         raise SpnasError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}")
     try:
-        return importlib.import_module(f"spnas.formats.{name}")
+        return importlib.import_module(f"spnas.export.{name}")
     except ModuleNotFoundError as exc:
         raise SpnasError(f"format {name!r} needs {exc.name!r}: pip install 'spnas[{EXTRAS[name]}]'") from exc
 

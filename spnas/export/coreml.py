@@ -48,7 +48,7 @@ import numpy as np
 
 from spnas.classes import read_class_names
 from spnas.errors import SpnasError
-from spnas.formats import Artifact, RunnerBase, artifact_metadata, spec_from_metadata
+from spnas.export import Artifact, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.io import atomic_path
 from spnas.mil_eval import MilProgram, import_coremltools, user_metadata
 from spnas.preprocess import PreprocessSpec, normalize

@@ -61,7 +61,7 @@ from google.protobuf.message import DecodeError
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
 from spnas.errors import SpnasError
-from spnas.formats import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
+from spnas.export import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.io import atomic_path
 from spnas.parity import sqnr_db
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
