@@ -198,6 +198,23 @@ def test_no_network_for_the_first_download_is_one_line(tmp_path, monkeypatch):
         apt.update()
 
 
+def test_mirror_comes_from_the_hosts_apt_sources(tmp_path, monkeypatch):
+    one_line = tmp_path / "sources.list"
+    one_line.write_text("# comment\ndeb [signed-by=/k.gpg] http://mirror.test/debian/ bookworm main\n")
+    parts = tmp_path / "sources.list.d"
+    parts.mkdir()
+    (parts / "other.sources").write_text("Types: deb\nURIs: http://other.test/node\nSuites: x\n")
+    (parts / "debian.sources").write_text("Types: deb\nURIs: http://deb822.test/debian\nSuites: bookworm\n")
+    assert arm64_env.host_debian_mirror((one_line, parts)) == "http://mirror.test/debian/"
+    assert arm64_env.host_debian_mirror((tmp_path / "missing", parts)) == "http://deb822.test/debian"
+    monkeypatch.delenv("SPNAS_DEBIAN_MIRROR", raising=False)
+    monkeypatch.setattr(arm64_env, "APT_SOURCES", (tmp_path / "missing",))
+    with pytest.raises(SpnasError, match="SPNAS_DEBIAN_MIRROR"):
+        arm64_env.mirror()
+    monkeypatch.setenv("SPNAS_DEBIAN_MIRROR", "http://set.test/debian/")
+    assert arm64_env.mirror() == "http://set.test/debian"
+
+
 def test_non_tflite_artifact_is_refused(tmp_path):
     with pytest.raises(SpnasError, match="runs .tflite artifacts only"):
         arm64_verify.verify_arm64(tmp_path / "model.onnx", np.zeros((1, 224, 224, 3), np.uint8), np.zeros((1, 1000)))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from spnas.errors import SpnasError
 
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
+APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 GUEST_SUITE = "bookworm"  # its python3.11 matches the cp311 aarch64 wheels
 QEMU_SUITE = "bookworm-backports"  # qemu-user 10, static binaries
@@ -217,7 +217,28 @@ def build_component(final: Path, build: Callable[[Path], dict]) -> dict:
 
 
 def mirror() -> str:
-    return os.environ.get("SPNAS_DEBIAN_MIRROR", DEFAULT_MIRROR).rstrip("/")
+    """The Debian archive to download from: ``$SPNAS_DEBIAN_MIRROR``, else the host's own apt source."""
+    configured = os.environ.get("SPNAS_DEBIAN_MIRROR") or host_debian_mirror()
+    if not configured:
+        raise SpnasError("no Debian archive configured: set $SPNAS_DEBIAN_MIRROR to a Debian mirror URL "
+                         "(the host's apt sources name none)")
+    return configured.rstrip("/")
+
+
+def host_debian_mirror(sources: tuple[Path, ...] | None = None) -> str | None:
+    """The first Debian archive URI in the host's apt sources (one-line or deb822), or None."""
+    files = []
+    for source in sources or APT_SOURCES:
+        files += sorted(source.glob("*.list")) + sorted(source.glob("*.sources")) if source.is_dir() else [source]
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for uri in re.findall(r"^\s*(?:deb\s+(?:\[[^\]]*\]\s+)?|URIs:\s*)(\S+)", text, re.MULTILINE):
+            if uri.rstrip("/").endswith("/debian"):
+                return uri
+    return None
 
 
 def megabytes(count: int) -> str:
