@@ -24,6 +24,7 @@ import numpy as np
 from spnas.classes import CLASS_NAMES_PATH, read_class_names
 from spnas.errors import SpnasError
 from spnas.images import EMBEDDED_DIR
+from spnas.intake import UnusableImage, open_rgb
 from spnas.io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_out_dir
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, load_pixels, normalize
 
@@ -137,14 +138,13 @@ def top_k(logits: np.ndarray, k: int = 5) -> list[int]:
 
 
 def sample_image(source: Path, short_side: int):
-    """The golden image: ``source`` decoded as RGB and scaled (bicubic) to ``short_side`` pixels."""
+    """The golden image: ``source`` decoded under the intake policy and scaled (bicubic) to ``short_side`` pixels."""
     from PIL import Image
 
     try:
-        with Image.open(source) as image:
-            image = image.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise SpnasError(f"sample image {source}: cannot read it ({exc})") from exc
+        image = open_rgb(source)
+    except UnusableImage as exc:
+        raise SpnasError(f"sample image {exc}") from exc
     width, height = image.size
     factor = short_side / min(width, height)
     return image.resize((round(width * factor), round(height * factor)), Image.BICUBIC)

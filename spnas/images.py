@@ -1,25 +1,25 @@
-"""Calibration and held-out parity images: discovery, a seeded disjoint split, a manifest.
+"""Calibration, held-out parity and validation image sets: a seeded disjoint split, a manifest.
 
-Unreadable files are skipped with a warning; a folder with no usable image is an error.
-With no ``--calib`` folder, a small set of public-domain/CC0 photographs bundled in the
-package is used (see ``spnas/data/calibration/ATTRIBUTION.md``).
+Which files are images and how they are decoded is ``spnas.intake``'s policy: unusable files
+are skipped with a warning; a folder with no usable image is an error.  With no ``--calib``
+folder, a small set of public-domain/CC0 photographs bundled in the package is used (see
+``spnas/data/calibration/ATTRIBUTION.md``).
 """
 
 from __future__ import annotations
 
 import csv
 import random
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from spnas.errors import SpnasError
+from spnas.intake import IMAGE_SUFFIXES, read_crops, shown, walk_images
 from spnas.io import sha256_file
-from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, load_pixels
+from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 EMBEDDED_DIR = Path(__file__).parent / "data" / "calibration"
 
 
@@ -30,6 +30,7 @@ class ImageSet:
     paths: list[Path]
     pixels: np.ndarray  # uint8 (N, 224, 224, 3)
     root: Path
+    skipped: list[str] = field(default_factory=list)  # why each unusable file was left out
 
     def manifest(self) -> list[dict]:
         return [{"file": str(path.relative_to(self.root)), "sha256": sha256_file(path)} for path in self.paths]
@@ -38,25 +39,35 @@ class ImageSet:
         return len(self.paths)
 
 
-def find_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SpnasError(f"image folder {folder}: not found or not a directory")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def load_images(paths: list[Path], root: Path, spec: PreprocessSpec = DEFAULT_SPEC) -> ImageSet:
-    """Preprocess images, skipping unreadable ones with a warning."""
-    kept, crops = [], []
-    for path in paths:
-        try:
-            crops.append(load_pixels(path, spec))
-        except (OSError, ValueError, SyntaxError) as exc:
-            warnings.warn(f"skipping unreadable image {path}: {exc}", stacklevel=2)
-            continue
-        kept.append(path)
-    pixels = np.stack(crops) if crops else np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
-    return ImageSet(kept, pixels, Path(root))
+    """Preprocess images, skipping unusable ones with a warning (``spnas.intake``)."""
+    kept, pixels, skipped = read_crops(paths, spec)
+    return ImageSet(kept, pixels, Path(root), skipped)
+
+
+def too_few_error(root: Path, images: ImageSet, n_files: int, need: str) -> SpnasError:
+    """One line: how many files were usable, what is needed, and why the first unusable one was skipped."""
+    why = f"; first skipped: {images.skipped[0]}" if images.skipped else ""
+    return SpnasError(f"image folder {shown(root)}: {len(images)} usable image(s) of {n_files}; {need}{why}")
+
+
+def no_images_error(root: Path) -> SpnasError:
+    return SpnasError(f"image folder {shown(root)}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+
+
+def load_folder(folder: str | Path, spec: PreprocessSpec = DEFAULT_SPEC, limit: int | None = None) -> ImageSet:
+    """Every usable image of a folder (the first ``limit`` in sorted order): a validation set.
+
+    Unusable files are skipped with a warning; a folder with none usable is an error.
+    """
+    root = Path(folder)
+    candidates = walk_images(root)[:limit]
+    if not candidates:
+        raise no_images_error(root)
+    images = load_images(candidates, root, spec)
+    if not len(images):
+        raise too_few_error(root, images, len(candidates), "need at least 1")
+    return images
 
 
 def split_images(folder: str | Path | None, num_calib: int = 200, num_parity: int = 50, seed: int = 0,
@@ -68,9 +79,9 @@ def split_images(folder: str | Path | None, num_calib: int = 200, num_parity: in
     Only as many images as needed are decoded.
     """
     root = Path(folder) if folder is not None else EMBEDDED_DIR
-    candidates = find_images(root)
+    candidates = walk_images(root)
     if not candidates:
-        raise SpnasError(f"image folder {root}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise no_images_error(root)
     random.Random(seed).shuffle(candidates)
     n_parity = max(1, min(num_parity, len(candidates) // 4))
     wanted = n_parity + num_calib
@@ -79,10 +90,11 @@ def split_images(folder: str | Path | None, num_calib: int = 200, num_parity: in
         if len(usable) >= wanted:
             break
         more = load_images(candidates[start:start + 16], root, spec)
-        usable = ImageSet(usable.paths + more.paths, np.concatenate([usable.pixels, more.pixels]), root)
+        usable = ImageSet(usable.paths + more.paths, np.concatenate([usable.pixels, more.pixels]), root,
+                          usable.skipped + more.skipped)
     if len(usable) <= n_parity:
-        raise SpnasError(f"image folder {root}: {len(usable)} usable image(s) of {len(candidates)}; need at least "
-                         f"{n_parity + 1} (one or more to calibrate, {n_parity} held out for parity)")
+        raise too_few_error(root, usable, len(candidates), f"need at least {n_parity + 1} (one or more to calibrate, "
+                                                           f"{n_parity} held out for parity)")
     parity = ImageSet(usable.paths[:n_parity], usable.pixels[:n_parity], root)
     calib = ImageSet(usable.paths[n_parity:wanted], usable.pixels[n_parity:wanted], root)
     return calib, parity

@@ -70,11 +70,14 @@ def resize_and_crop(image, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
 
 
 def load_pixels(path: str | Path, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
-    """Read an image file into the uint8 (H, W, 3) crop every runner takes."""
-    from PIL import Image
+    """Read an image file into the uint8 (H, W, 3) crop every runner takes.
 
-    with Image.open(path) as image:
-        return resize_and_crop(image, spec)
+    Decoding follows the intake policy (``spnas.intake.open_rgb``): an unusable file raises
+    ``spnas.intake.UnusableImage`` naming it.
+    """
+    from spnas.intake import open_rgb
+
+    return resize_and_crop(open_rgb(path, spec), spec)
 
 
 def normalize(pixels: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC, layout: str = "NCHW") -> np.ndarray:

@@ -67,10 +67,11 @@ def parse_targets(tokens: list[str], weights: str = "random") -> list[BenchTarge
 
 def bench_pixels():
     """One real preprocessed photograph (uint8, 1x224x224x3) from the embedded image set."""
-    from spnas.images import EMBEDDED_DIR, find_images
+    from spnas.images import EMBEDDED_DIR
+    from spnas.intake import walk_images
     from spnas.preprocess import DEFAULT_SPEC, load_pixels
 
-    return load_pixels(find_images(EMBEDDED_DIR)[0], DEFAULT_SPEC)[None]
+    return load_pixels(walk_images(EMBEDDED_DIR)[0], DEFAULT_SPEC)[None]
 
 
 def peak_rss_mb() -> float:

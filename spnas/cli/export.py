@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-parity", type=int, default=50, metavar="N",
                         help="held-out parity images, disjoint from calibration (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration/parity split (default 0)")
+    parser.add_argument("--max-image-pixels", type=int, metavar="N",
+                        help="refuse (skip with a warning) images over N pixels before decoding them "
+                             "(default 89478485, or $SPNAS_MAX_IMAGE_PIXELS)")
     add_threshold_arguments(parser)
     parser.add_argument("--fallback", choices=["off", "auto"], default="off",
                         help="auto: when an int8 artifact fails its gate, keep the layers that lose the most SQNR "
@@ -97,6 +100,7 @@ def export(args: argparse.Namespace) -> int:
     from spnas.console import Console, install_warning_format
     from spnas.export import FORMATS, ExportContext, format_module
     from spnas.images import split_images
+    from spnas.intake import set_pixel_limit
     from spnas.io import artifact_size, check_out_dir, ensure_out_dir
     from spnas.preprocess import DEFAULT_SPEC
     from spnas.report import build_report, write_report
@@ -104,6 +108,7 @@ def export(args: argparse.Namespace) -> int:
 
     console = Console(args.quiet)
     install_warning_format(console)
+    set_pixel_limit(args.max_image_pixels)
     names = list(FORMATS) if args.format == "all" else [args.format]
     modules = {name: format_module(name) for name in names}  # fail early on a missing extra
     out_dir = check_out_dir(args.out)

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-parity", type=int, default=50, metavar="N",
                         help="with --images: parity images (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="with --images: split seed, as spnas-export (default 0)")
+    parser.add_argument("--max-image-pixels", type=int, metavar="N",
+                        help="refuse (skip with a warning) images over N pixels before decoding them "
+                             "(default 89478485, or $SPNAS_MAX_IMAGE_PIXELS)")
     add_threshold_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write a Markdown table for a CI comment")
@@ -108,6 +111,7 @@ def verify(args: argparse.Namespace) -> int:
     from spnas.console import Console, install_warning_format
     from spnas.errors import SpnasError
     from spnas.export import format_of, load_runner
+    from spnas.intake import set_pixel_limit
     from spnas.io import artifact_size, atomic_write_text
     from spnas.parity import Thresholds
     from spnas.reference import TorchRunner
@@ -115,6 +119,7 @@ def verify(args: argparse.Namespace) -> int:
 
     console = Console(args.quiet)
     install_warning_format(console)
+    set_pixel_limit(args.max_image_pixels)
     artifacts = [Path(a) for a in args.artifacts]
     for artifact in artifacts:
         if not artifact.exists():
