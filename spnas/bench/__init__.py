@@ -36,12 +36,13 @@ def central_ms(record: dict) -> float | None:
     return value if value is not None else latency.get("mean")
 
 
-def add_ratios(records: list[dict]) -> None:
-    """``ratio_vs_first``: each record's central latency over the first artifact's, at the same thread count."""
-    first_by_threads: dict[int, float] = {}
+def add_ratios(records: list[dict], key=lambda record: record["threads"]) -> None:
+    """``ratio_vs_first``: each record's central latency over the first measured artifact's with the same
+    ``key`` (the thread count; for a fleet, device and thread count)."""
+    first_by_key: dict = {}
     for record in records:
         value = central_ms(record)
-        first = first_by_threads.setdefault(record["threads"], value)
+        first = first_by_key.setdefault(key(record), value) if value is not None else None
         record["ratio_vs_first"] = value / first if value is not None and first else None
 
 
@@ -52,19 +53,26 @@ def fmt_ms(value: float | None) -> str:
 def results_table(records: list[dict]) -> str:
     from spnas.console import format_table
 
+    fleet = any("device_name" in record for record in records)  # several devices: one row each
     rows = []
     for record in records:
         latency = record["latency_ms"]
         ratio = record.get("ratio_vs_first")
         size = record.get("size_bytes")
         rss = record.get("peak_rss_mb")
-        rows.append([record["artifact"], str(record["threads"]), fmt_ms(latency.get("median")),
-                     fmt_ms(latency.get("mean")), fmt_ms(latency.get("p90")), fmt_ms(latency.get("min")),
-                     fmt_ms(latency.get("max")), fmt_ms(latency.get("std")), str(latency.get("n_runs", "-")),
-                     "-" if ratio is None else f"{ratio:.2f}x", "-" if rss is None else f"{rss:.0f}",
-                     "-" if size is None else f"{size / 1e6:.2f}"])
+        threads = record.get("threads")
+        row = [record["artifact"], "-" if threads is None else str(threads), fmt_ms(latency.get("median")),
+               fmt_ms(latency.get("mean")), fmt_ms(latency.get("p90")), fmt_ms(latency.get("min")),
+               fmt_ms(latency.get("max")), fmt_ms(latency.get("std")), str(latency.get("n_runs") or "-"),
+               "-" if ratio is None else f"{ratio:.2f}x", "-" if rss is None else f"{rss:.0f}",
+               "-" if size is None else f"{size / 1e6:.2f}"]
+        if fleet:
+            row = [record.get("device_name", "-"), *row, record.get("status", "ok").upper()]
+        rows.append(row)
     headers = ["artifact", "threads", "median ms", "mean ms", "p90 ms", "min ms", "max ms", "std ms", "runs",
                "vs first", "peak RSS MB", "size MB"]
+    if fleet:
+        headers = ["device", *headers, "status"]
     return format_table(headers, rows)
 
 

@@ -333,6 +333,6 @@ def device_peak_mb(memory: dict) -> float | None:
 
 
 def precision_from_name(name: str) -> str:
-    """spnas artifacts are named ``spnasnet_100_<precision>.tflite``; other files are "unknown"."""
-    match = re.search(r"_(fp32|fp16|int8)\.tflite$", name)
+    """spnas artifacts are named ``spnasnet_100_<precision>.tflite`` (or ``.onnx``); other files are "unknown"."""
+    match = re.search(r"_(fp32|fp16|int8)\.(tflite|onnx)$", name)
     return match.group(1) if match else "unknown"

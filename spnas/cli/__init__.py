@@ -28,3 +28,37 @@ def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")
     parser.add_argument("--min-sqnr-db", type=float, metavar="Y", help="override the SQNR floor (dB)")
     parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")
+
+
+def add_ai_hub_arguments(parser: argparse.ArgumentParser, job: str) -> None:
+    """Qualcomm AI Hub's hosted phones (``spnas.bench.aihub``), shared by spnas-bench and spnas-verify."""
+    group = parser.add_argument_group("Qualcomm AI Hub (hosted real phones; token from `qai-hub configure`)")
+    group.add_argument("--ai-hub", metavar="DEVICE[,DEVICE...]",
+                       help=f'run a {job} job on each named device, e.g. "Samsung Galaxy S24,Google Pixel 8"')
+    group.add_argument("--ai-hub-devices", metavar="FILE", help="device names, one a line (# comments)")
+    group.add_argument("--compute-unit", choices=["cpu", "gpu", "npu"],
+                       help="AI Hub --compute_unit (default cpu: the paper's target and what int8 parity describes)")
+    group.add_argument("--ai-hub-options", default="", metavar="OPTS",
+                       help='extra AI Hub job options, passed through, e.g. "--max_profiler_iterations 50"')
+    group.add_argument("--ai-hub-timeout", type=float, default=3600.0, metavar="S",
+                       help="give up on jobs not finished after S seconds (default 3600)")
+
+
+def ai_hub_devices(args: argparse.Namespace) -> list[str] | None:
+    """The device names of ``--ai-hub`` and ``--ai-hub-devices`` together, or None without either."""
+    from spnas.bench.aihub import parse_device_names, read_device_file
+
+    if not args.ai_hub and not args.ai_hub_devices:
+        return None
+    names = parse_device_names(args.ai_hub) if args.ai_hub else []
+    names += read_device_file(args.ai_hub_devices) if args.ai_hub_devices else []
+    return list(dict.fromkeys(names))
+
+
+def ai_hub_misuse(args: argparse.Namespace) -> str | None:
+    """The first AI Hub-only flag given without a device, for a usage error."""
+    if args.ai_hub or args.ai_hub_devices:
+        return None
+    flags = (("--compute-unit", args.compute_unit), ("--ai-hub-options", args.ai_hub_options),
+             ("--ai-hub-timeout", args.ai_hub_timeout != 3600.0))
+    return next((flag for flag, value in flags if value), None)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from spnas import __version__
+from spnas.cli import add_ai_hub_arguments, ai_hub_misuse
 
 EPILOG = """\
 examples:
@@ -13,6 +14,7 @@ examples:
   spnas-bench exports/spnasnet_100_int8.tflite exports/spnasnet_100_int8.onnx pytorch --json bench.json --plot bench.png
   spnas-bench --target pixel1
   spnas-bench --adb --benchmark-binary android_aarch64_benchmark_model --taskset f0 exports/spnasnet_100_int8.tflite
+  spnas-bench --ai-hub "Samsung Galaxy S24,Google Pixel 8" exports/*.tflite --json fleet.json --plot fleet.png
 
 Host mode times only the runtime call (LiteRT with XNNPACK for .tflite, ONNX Runtime for .onnx,
 PyTorch eager for the pseudo-artifact "pytorch"), each artifact in its own process, interleaved
@@ -22,7 +24,10 @@ in rounds; "vs first" is each artifact's median over the first one's at the same
 found through --lut, $SPNAS_PIXEL1_LUT or ../shared/data.
 --adb pushes the models and LiteRT's benchmark_model (your --benchmark-binary) to /data/local/tmp
 and runs it there.
-Exit codes: 0 success, 2 usage or input error.
+--ai-hub profiles the artifacts on Qualcomm AI Hub's hosted phones through the qai-hub client
+(pip install 'spnas[hub]'; the token is the client's own: `qai-hub configure --api_token TOKEN`).
+Exit codes: 0 success, 2 usage or input error, or a device whose job failed (the others are still
+reported and written).
 """
 
 
@@ -69,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pass --use_xnnpack=false (default: --use_xnnpack=true)")
     device.add_argument("--benchmark-arg", action="append", default=[], metavar="ARG",
                         help="extra benchmark_model flag, repeatable, e.g. --benchmark-arg=--enable_op_profiling=true")
+    add_ai_hub_arguments(parser, "profile")
     return parser
 
 
@@ -90,6 +96,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                                             ("--benchmark-arg", args.benchmark_arg)) if value]
     if device_only and not args.adb:
         parser.error(f"{device_only[0]} goes with --adb")
+    if (args.ai_hub or args.ai_hub_devices) and args.adb:
+        parser.error("--ai-hub and --adb are separate runs; give one")
+    if misused := ai_hub_misuse(args):
+        parser.error(f"{misused} goes with --ai-hub")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +117,8 @@ def bench(args: argparse.Namespace) -> int:
     console = Console(args.quiet)
     if args.target:
         return pixel1(args)
+    if args.ai_hub or args.ai_hub_devices:
+        return ai_hub(args)
     if args.adb:
         from pathlib import Path
 
@@ -123,6 +135,26 @@ def bench(args: argparse.Namespace) -> int:
         document = run_host(targets, args.threads, args.warmup, args.runs, args.rounds, console.info)
         title = f"host latency ({document['machine'].get('cpu_model') or document['machine']['machine']})"
     write_outputs(document, args, title)
+    return 0
+
+
+def ai_hub(args: argparse.Namespace) -> int:
+    """Profile jobs on the fleet; finished devices are reported and written even when others failed."""
+    from pathlib import Path
+
+    from spnas.bench.aihub import run_ai_hub
+    from spnas.cli import ai_hub_devices
+    from spnas.console import Console
+    from spnas.errors import SpnasError
+
+    document = run_ai_hub([Path(a) for a in args.artifacts], ai_hub_devices(args),
+                          compute_unit=args.compute_unit or "cpu", options=args.ai_hub_options,
+                          timeout=args.ai_hub_timeout, progress=Console(args.quiet).info)
+    write_outputs(document, args, f"AI Hub profile jobs (--compute_unit {document['settings']['compute_unit']})")
+    failed = [r for r in document["results"] if r["status"] == "failed"]
+    if failed:
+        raise SpnasError(f"{len(failed)} of {len(document['results'])} AI Hub job(s) failed (reported as failed): "
+                         + "; ".join(f"[{r['device_name']}] {r['artifact']}: {r['failure']}" for r in failed))
     return 0
 
 

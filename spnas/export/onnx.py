@@ -341,7 +341,11 @@ class OnnxRunner(RunnerBase):
     def invoke(self, prepared: np.ndarray) -> np.ndarray:
         outputs = [self.session.run([OUTPUT_NAME], {INPUT_NAME: prepared[start:start + self.batch_size]})[0]
                    for start in range(0, len(prepared), self.batch_size)]
-        return np.concatenate(outputs).astype(np.float32)
+        return self.decode(np.concatenate(outputs))
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        """The ``logits`` output as float32; also for outputs a phone returned."""
+        return np.asarray(raw).astype(np.float32)
 
 
 def load(path: str | Path, num_threads: int | None = None, spinning: bool = False) -> OnnxRunner:

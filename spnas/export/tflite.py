@@ -577,11 +577,14 @@ class TFLiteRunner(RunnerBase):
             self.interpreter.set_tensor(self.input["index"], image[None])
             self.interpreter.invoke()
             logits.append(self.interpreter.get_tensor(self.output["index"])[0])
-        logits = np.stack(logits)
+        return self.decode(np.stack(logits))
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        """The output tensor as float32 logits (dequantized for an int8 model); also for outputs a phone returned."""
         scale, zero_point = self.output["quantization"]
         if scale:
-            return ((logits.astype(np.float32) - zero_point) * np.float32(scale)).astype(np.float32)
-        return logits.astype(np.float32)
+            return ((raw.astype(np.float32) - zero_point) * np.float32(scale)).astype(np.float32)
+        return raw.astype(np.float32)
 
 
 def load(path, num_threads: int = 1) -> TFLiteRunner:
