@@ -83,3 +83,23 @@ def tflite_artifacts(fixture_model, calib_pixels, tmp_path_factory) -> dict:
                         calibration_pixels=calib_pixels, out_dir=tmp_path_factory.mktemp("tflite"), int8=True,
                         fp16=True, progress=lambda message: None)
     return {artifact.precision: artifact for artifact in export(ctx)}
+
+
+@pytest.fixture(scope="session")
+def cli_exports(tmp_path_factory, fixture_weights, imagenet_dir) -> Path:
+    """``spnas-export --format all --int8`` on the fixture weights and real images, run once per session.
+
+    Shared by the gate tests and every format test that needs an artifact as the CLI writes it
+    (ExecuTorch's export is ~30 s, so its tests reuse this run instead of exporting again).
+    """
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("cli_exports") / "exports"
+    command = [sys.executable, "-m", "spnas.cli.export", "--format", "all", "--int8", "--weights",
+               str(fixture_weights), "--calib", str(imagenet_dir), "--num-calib", "64", "--num-parity", "20",
+               "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    return out

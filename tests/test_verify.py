@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from spnas.faults import apply_fault
 from spnas.preprocess import DEFAULT_SPEC
 
 VERIFY = [sys.executable, "-m", "spnas.cli.verify"]
-EXPORT = [sys.executable, "-m", "spnas.cli.export"]
-SPLIT = ["--num-calib", "64", "--num-parity", "20"]
+SPLIT = ["--num-calib", "64", "--num-parity", "20"]  # as conftest's cli_exports
+EXECUTORCH_INSTALLED = importlib.util.find_spec("executorch") is not None  # --format all skips it otherwise
 
 pytestmark = pytest.mark.parity
 
@@ -27,13 +28,9 @@ def run(argv, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, fixture_weights, imagenet_dir):
-    """``spnas-export --format all --int8`` on the fixture weights and real images."""
-    out = tmp_path_factory.mktemp("verify") / "exports"
-    result = run([*EXPORT, "--format", "all", "--int8", "--weights", str(fixture_weights), "--calib",
-                  str(imagenet_dir), *SPLIT, "--out", str(out)])
-    assert result.returncode == 0, result.stderr
-    return out
+def exported(cli_exports):
+    """``spnas-export --format all --int8`` on the fixture weights and real images (conftest, once per session)."""
+    return cli_exports
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +45,16 @@ def test_good_artifacts_of_every_format_pass(verified):
     result, folder = verified
     assert result.returncode == 0, result.stdout + result.stderr
     entries = json.loads((folder / "parity.json").read_text())["artifacts"]
-    assert sorted((e["format"], e["precision"]) for e in entries) == [
-        ("coreml", "fp16"), ("coreml", "int8"), ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
-        ("tflite", "int8")]
+    expected = [("coreml", "fp16"), ("coreml", "int8"), ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
+                ("tflite", "int8")]
+    if EXECUTORCH_INSTALLED:
+        expected += [("executorch", "fp32"), ("executorch", "int8")]
+    assert sorted((e["format"], e["precision"]) for e in entries) == sorted(expected)
     assert all(e["passed"] is True for e in entries)
     for column in ("artifact", "precision", "top1", "top5", "SQNR dB", "cosine", "max err", "gate"):
         assert column in result.stdout
     markdown = (folder / "parity.md").read_text()
-    assert markdown.startswith("| artifact |") and markdown.count("PASSED") == 6
+    assert markdown.startswith("| artifact |") and markdown.count("PASSED") == len(expected)
 
 
 def test_report_and_verify_json_agree(verified, exported):

@@ -1,4 +1,4 @@
-"""Host latency through the runtimes a phone uses: LiteRT (XNNPACK), ONNX Runtime, PyTorch eager.
+"""Host latency through the runtimes a phone uses: LiteRT (XNNPACK), ONNX Runtime, ExecuTorch (XNNPACK), PyTorch eager.
 
 Each (artifact, thread count) runs in its own worker process, for two reasons:
 
@@ -177,7 +177,8 @@ def target_size_bytes(target: BenchTarget, runner) -> int:
     return sum(t.numel() * t.element_size() for t in runner.model.state_dict().values())
 
 
-RUNTIMES = {"tflite": "LiteRT (XNNPACK)", "onnx": "ONNX Runtime (CPU)", "coreml": "Core ML", PYTORCH: "PyTorch eager"}
+RUNTIMES = {"tflite": "LiteRT (XNNPACK)", "onnx": "ONNX Runtime (CPU)", "coreml": "Core ML",
+            "executorch": "ExecuTorch (XNNPACK)", PYTORCH: "PyTorch eager"}
 
 
 def measure(targets: list[BenchTarget], threads: int, warmup: int, runs: int, rounds: int, progress) -> list[dict]:
@@ -237,7 +238,8 @@ def machine_facts() -> dict:
 def runtime_versions(targets: list[BenchTarget]) -> dict:
     from importlib import metadata
 
-    packages = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "coreml": "coremltools", PYTORCH: "torch"}
+    packages = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "coreml": "coremltools", "executorch": "executorch",
+                PYTORCH: "torch"}
     versions = {}
     for fmt in sorted({t.format for t in targets}):
         try:

@@ -17,8 +17,9 @@ examples:
   spnas-bench --ai-hub "Samsung Galaxy S24,Google Pixel 8" exports/*.tflite --json fleet.json --plot fleet.png
 
 Host mode times only the runtime call (LiteRT with XNNPACK for .tflite, ONNX Runtime for .onnx,
-PyTorch eager for the pseudo-artifact "pytorch"), each artifact in its own process, interleaved
-in rounds; "vs first" is each artifact's median over the first one's at the same thread count.
+ExecuTorch with XNNPACK for .pte, PyTorch eager for the pseudo-artifact "pytorch"), each artifact in
+its own process, interleaved in rounds; "vs first" is each artifact's median over the first one's at
+the same thread count.
 --target pixel1 predicts Pixel 1 latency from the Single-Path NAS authors' per-layer table
 (pixel1_runtime_model.json from github.com/dstamoulis/single-path-nas, nas-search/, Apache-2.0),
 found through --lut, $SPNAS_PIXEL1_LUT or ../shared/data.
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spnas-bench", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
-                        help='.tflite / .onnx files, or "pytorch" for the PyTorch eager reference')
+                        help='.tflite / .onnx / .pte files, or "pytorch" for the PyTorch eager reference')
     parser.add_argument("--threads", type=thread_list, default=[1], metavar="N[,N...]",
                         help="runtime thread counts, e.g. 1,2,4 (default 1, as the paper)")
     parser.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed runs first (default 10)")

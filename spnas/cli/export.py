@@ -1,4 +1,4 @@
-"""``spnas-export``: SPNasNet to ONNX / TFLite / CoreML, float and int8, with parity proof."""
+"""``spnas-export``: SPNasNet to ONNX / TFLite / CoreML / ExecuTorch, float and int8, with parity proof."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ Exit codes: 0 all artifacts pass their parity gate, 1 a gate failed, 2 usage or 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spnas-export", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--format", required=True, choices=["onnx", "tflite", "coreml", "all"],
-                        help="target format, or all three")
+    parser.add_argument("--format", required=True, choices=["onnx", "tflite", "coreml", "executorch", "all"],
+                        help="target format, or every format whose extra is installed (the others are named)")
     parser.add_argument("--int8", action="store_true", help="also write an int8 post-training-quantized artifact")
     parser.add_argument("--fp16", action="store_true",
                         help="TFLite: also write a float16-weight artifact (CoreML is fp16 by default)")
@@ -98,7 +98,7 @@ def export(args: argparse.Namespace) -> int:
 
     from spnas import create_model
     from spnas.console import Console, install_warning_format
-    from spnas.export import FORMATS, ExportContext, format_module
+    from spnas.export import ExportContext, format_module, installed_formats
     from spnas.images import split_images
     from spnas.intake import set_pixel_limit
     from spnas.io import artifact_size, check_out_dir, ensure_out_dir
@@ -109,8 +109,10 @@ def export(args: argparse.Namespace) -> int:
     console = Console(args.quiet)
     install_warning_format(console)
     set_pixel_limit(args.max_image_pixels)
-    names = list(FORMATS) if args.format == "all" else [args.format]
-    modules = {name: format_module(name) for name in names}  # fail early on a missing extra
+    if args.format == "all":
+        modules, skipped = installed_formats()
+    else:
+        modules, skipped = {args.format: format_module(args.format)}, {}  # fail early on a missing extra
     out_dir = check_out_dir(args.out)
     spec = DEFAULT_SPEC
     with warnings.catch_warnings(record=True) as caught:
@@ -124,7 +126,7 @@ def export(args: argparse.Namespace) -> int:
         with console.step(f"loading weights ({args.weights})"):
             model = create_model(args.weights, calib_pixels=calib.pixels)
     weights = model.weights_info
-    messages = [str(w.message) for w in caught]
+    messages = [f"--format all: skipped {reason}" for reason in skipped.values()] + [str(w.message) for w in caught]
     if weights.warning and weights.warning not in messages:
         messages.append(weights.warning)
     for message in messages:

@@ -27,7 +27,7 @@ and SQNR >= 22 dB (see README, "Parity thresholds").
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spnas-verify", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".onnx, .tflite or .mlpackage")
+    parser.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".onnx, .tflite, .mlpackage or .pte")
     parser.add_argument("--weights", metavar="W",
                         help="reference weights (default: the source recorded in the artifact's report.json)")
     parser.add_argument("--images", metavar="DIR",

@@ -1,6 +1,6 @@
 """spnas.export: one module per format behind one small shape, so parity and benchmarks are written once.
 
-Each format module (``spnas.export.onnx``, ``.tflite``, ``.coreml``) provides:
+Each format module (``spnas.export.onnx``, ``.tflite``, ``.coreml``, ``.executorch``) provides:
 
 - ``SUFFIX``: the artifact file (or package) suffix, e.g. ``".tflite"``;
 - ``export(ctx: ExportContext) -> list[Artifact]``: write the artifacts the context asks for;
@@ -25,8 +25,9 @@ import numpy as np
 
 from spnas.errors import SpnasError
 
-FORMATS = ("onnx", "tflite", "coreml")
-EXTRAS = {"onnx": "onnx", "tflite": "tflite", "coreml": "coreml"}
+FORMATS = ("onnx", "tflite", "coreml", "executorch")
+EXTRAS = {"onnx": "onnx", "tflite": "tflite", "coreml": "coreml", "executorch": "executorch"}
+SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", ".pte": "executorch"}
 
 
 class Runner(Protocol):
@@ -116,13 +117,25 @@ def format_module(name: str):
         raise SpnasError(f"format {name!r} needs {exc.name!r}: pip install 'spnas[{EXTRAS[name]}]'") from exc
 
 
+def installed_formats() -> tuple[dict[str, Any], dict[str, str]]:
+    """``--format all``: the format modules whose extra is installed, and why each other one is skipped."""
+    modules, skipped = {}, {}
+    for name in FORMATS:
+        try:
+            modules[name] = format_module(name)
+        except SpnasError as exc:
+            skipped[name] = str(exc)
+    if not modules:
+        raise SpnasError("no export format is installed: " + "; ".join(skipped.values()))
+    return modules, skipped
+
+
 def format_of(path: str | Path) -> str:
     """The format of an artifact path, from its suffix."""
     suffix = Path(path).suffix.lower()
-    for name, module_suffix in ((".onnx", "onnx"), (".tflite", "tflite"), (".mlpackage", "coreml")):
-        if suffix == name:
-            return module_suffix
-    raise SpnasError(f"{path}: unknown artifact type {suffix!r} (expected .onnx, .tflite or .mlpackage)")
+    if suffix in SUFFIXES:
+        return SUFFIXES[suffix]
+    raise SpnasError(f"{path}: unknown artifact type {suffix!r} (expected {', '.join(SUFFIXES)})")
 
 
 def load_runner(path: str | Path) -> Runner:

@@ -1,0 +1,298 @@
+"""ExecuTorch export: ``.pte`` programs fully delegated to XNNPACK, fp32 and int8, run in ExecuTorch's runtime.
+
+**Exporter.** ``torch.export`` of the reference model (eval mode, static batch 1), then
+``to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`` and ``to_executorch``.
+XNNPACK's partitioner folds BatchNorm into the convolutions and takes the whole graph: one
+delegate call and no kernel from ExecuTorch's portable library.  That is checked on every
+export (``lower``): a node left outside the delegate, or any operator in the program's
+execution plan, raises ``SpnasError`` naming it, because on a phone those run on slow
+portable kernels.  The delegated / non-delegated op counts go into ``Artifact.details``.
+
+**int8** is ExecuTorch's own PT2E flow, the one its documentation gives for XNNPACK:
+``XNNPACKQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True)`` (int8
+per-channel symmetric weights, int8 per-tensor activations from ``HistogramObserver``),
+``prepare_pt2e``, calibration on ``ctx.calibration_pixels`` normalised exactly as the
+reference, ``convert_pt2e``, then the same lowering.  Calibration runs on a copy exported with
+a dynamic batch so it can take the images in chunks; the program itself is re-exported at batch 1.
+
+**Input** ``forward(input)``: float32 NCHW ``(1, 3, S, S)`` (``S = ctx.preprocessing.input_size``),
+RGB, normalised ``(pixel / divisor - mean) / std``; output float32 logits ``(1, num_classes)``.
+The int8 program has the same float input and output: it quantizes inside the delegate.
+
+**Metadata** are constant methods of the program (``constant_methods``), so an app reads them
+with the same ``Module.execute(name)`` call it runs the model with: ``spnas_preprocessing``,
+``spnas_num_classes``, ``spnas_weights``, ``spnas_precision`` and ``spnas_input`` return one
+string each (the ``artifact_metadata`` values, JSON where structured), ``spnas_class_names``
+the index-ordered class names.  The runner reads the preprocessing back from the program.
+
+**Threads.** The runtime's thread pool is process-wide, and XNNPACK captures it when a method
+is loaded: resetting it afterwards frees the pool under a live program.  ``load(path,
+num_threads=n)`` therefore sets it before the first method of the process is loaded and refuses
+to change it later (``spnas-bench`` runs each thread count in its own worker process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import executorch.version
+import numpy as np
+
+from spnas.errors import SpnasError
+from spnas.export import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
+from spnas.preprocess import PreprocessSpec, normalize
+
+# torchao (imported by the runtime and the quantizer) logs its optional CUDA kernels it cannot load: not ours to fix.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+SUFFIX = ".pte"
+FORMAT = "executorch"
+METHOD = "forward"
+METADATA_PREFIX = "spnas_"
+CLASS_NAMES_METHOD = "spnas_class_names"
+CALIBRATION_CHUNK = 16  # images per calibration forward: bounds memory, amortises the observers' per-call cost
+PARTITIONER = "XnnpackPartitioner"
+INPUT_DOC = ("forward(input): float32 NCHW (1, 3, S, S), RGB, (pixel / divisor - mean) / std with spnas_preprocessing; "
+             "returns float32 logits (1, num_classes)")
+# Nodes that stay outside a delegate without running a kernel: the delegate call and its output unpacking.
+GLUE_OPS = ("getitem", "executorch_call_delegate")
+
+_methods_loaded = False  # set once a method is loaded in this process: the thread pool is fixed from then on
+
+
+# ---------------------------------------------------------------- export
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.export, EXIR and torchao's import emit deprecation notes meant for their own developers."""
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pytree_log.setLevel(level)
+
+
+def example_input(spec: PreprocessSpec, batch: int = 1):
+    import torch
+
+    return torch.zeros(batch, 3, spec.input_size, spec.input_size)
+
+
+def export_graph(model, spec: PreprocessSpec, *, dynamic_batch: bool = False):
+    """``torch.export`` of the eval-mode model; ``dynamic_batch`` for calibration in chunks."""
+    import torch
+
+    with _quiet():
+        if dynamic_batch:
+            shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}}
+            return torch.export.export(model.eval(), (example_input(spec, 2),), dynamic_shapes=shapes)
+        return torch.export.export(model.eval(), (example_input(spec),))
+
+
+def quantize_default(model, calibration_pixels: np.ndarray, spec: PreprocessSpec):
+    """ExecuTorch's default XNNPACK int8 flow (module docstring) -> a batch-1 ``ExportedProgram``."""
+    import torch
+
+    if len(calibration_pixels) == 0:
+        raise SpnasError("int8 ExecuTorch export needs at least one calibration image")
+    with _quiet():
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        prepared = prepare_pt2e(export_graph(model, spec, dynamic_batch=True).module(), quantizer)
+        with torch.no_grad():
+            for start in range(0, len(calibration_pixels), CALIBRATION_CHUNK):
+                prepared(torch.from_numpy(normalize(calibration_pixels[start:start + CALIBRATION_CHUNK], spec)))
+        converted = convert_pt2e(prepared)
+        return torch.export.export(converted, (example_input(spec),))
+
+
+def metadata_methods(metadata: dict[str, str], class_names: list[str]) -> dict[str, object]:
+    """``spnas.x`` metadata entries -> ``spnas_x`` constant methods, plus the class names."""
+    methods: dict[str, object] = {key.replace(".", "_"): value for key, value in metadata.items()}
+    methods[CLASS_NAMES_METHOD] = list(class_names)
+    return methods
+
+
+def lower(exported, constant_methods: dict[str, object]) -> tuple[bytes, dict]:
+    """Lower to XNNPACK and serialise; raise if any op would run outside the delegate."""
+    with _quiet():
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.devtools.backend_debug import get_delegation_info
+        from executorch.exir import to_edge_transform_and_lower
+
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()],
+                                           constant_methods=constant_methods)
+        info = get_delegation_info(edge.exported_program().graph_module)
+        program = edge.to_executorch()
+    outside = {op: entry.non_delegated for op, entry in info.delegation_by_operator.items()
+               if entry.non_delegated and op not in GLUE_OPS}
+    plan = next(p for p in program.executorch_program.execution_plan if p.name == METHOD)
+    kernels = sorted({op.name for op in plan.operators})
+    if outside or kernels:
+        names = ", ".join([*(f"{op} x{count}" for op, count in sorted(outside.items())), *kernels])
+        raise SpnasError(f"ExecuTorch lowering left ops outside the XNNPACK delegate (portable kernels): {names}")
+    delegation = {"partitioner": PARTITIONER, "delegated_subgraphs": int(info.num_delegated_subgraphs),
+                  "delegated_ops": int(info.num_delegated_nodes), "non_delegated_ops": sum(outside.values()),
+                  "portable_kernels": kernels,
+                  "delegated_by_op": {op: int(entry.delegated)
+                                      for op, entry in sorted(info.delegation_by_operator.items()) if entry.delegated}}
+    return bytes(program.buffer), delegation
+
+
+def export(ctx: ExportContext) -> list[Artifact]:
+    """Write ``spnasnet_100_fp32.pte`` and, with ``ctx.int8``, ``spnasnet_100_int8.pte``."""
+    from spnas.io import atomic_write_bytes
+
+    if len(ctx.class_names) != ctx.model.num_classes:
+        raise SpnasError(f"{len(ctx.class_names)} class names for a model with {ctx.model.num_classes} outputs")
+    spec = ctx.preprocessing
+    size = spec.input_size
+    common = {"exporter": f"torch.export + executorch {executorch.version.__version__} to_edge_transform_and_lower",
+              "input": {"name": "input", "layout": "NCHW", "dtype": "float32", "shape": [1, 3, size, size]}}
+    graphs = [("fp32", lambda: export_graph(ctx.model, spec), {})]
+    if ctx.int8:
+        scheme = {"quantizer": "XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True)",
+                  "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor affine, HistogramObserver",
+                  "calibration_images": int(len(ctx.calibration_pixels))}
+        graphs.append(("int8", lambda: quantize_default(ctx.model, ctx.calibration_pixels, spec),
+                       {"quantization": scheme}))
+    artifacts = []
+    for precision, build, extra in graphs:
+        ctx.progress(f"executorch: {precision} torch.export" + (
+            f", PT2E calibration on {len(ctx.calibration_pixels)} images" if precision == "int8" else "")
+            + ", XNNPACK lowering")
+        metadata = {**artifact_metadata(ctx, precision), "spnas.input": INPUT_DOC}
+        methods = metadata_methods(metadata, ctx.class_names)
+        content, delegation = lower(build(), methods)
+        ctx.progress(f"executorch: {precision} {delegation['delegated_ops']} ops delegated to XNNPACK in "
+                     f"{delegation['delegated_subgraphs']} subgraph(s), {delegation['non_delegated_ops']} outside")
+        path = atomic_write_bytes(Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}", content)
+        artifacts.append(Artifact(FORMAT, precision, path, {**common, "metadata_methods": sorted(methods),
+                                                            "delegation": delegation, **extra}))
+    return artifacts
+
+
+# ---------------------------------------------------------------- runtime
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """cpuinfo prints INFO lines straight to file descriptor 2 when the runtime's thread pool starts."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def set_threads(num_threads: int | None) -> int:
+    """Size the process-wide thread pool before any method is loaded; returns the count in effect."""
+    with _quiet():
+        from executorch.extension.pybindings import portable_lib
+
+    with _native_stderr_silenced():
+        current = portable_lib._threadpool_get_thread_count()
+        if num_threads is None or num_threads == current:
+            return current
+        if num_threads < 1:
+            raise SpnasError(f"ExecuTorch thread count must be at least 1, got {num_threads}")
+        if _methods_loaded:
+            raise SpnasError(f"ExecuTorch's thread pool is fixed at {current} thread(s) once a program is loaded in "
+                             f"this process; load with num_threads={num_threads} in a fresh process")
+        portable_lib._unsafe_reset_threadpool(int(num_threads))
+        return portable_lib._threadpool_get_thread_count()
+
+
+def _load_program(source):
+    with _quiet():
+        from executorch.runtime import Runtime
+
+    try:
+        return Runtime.get().load_program(source)
+    except (RuntimeError, ValueError) as exc:
+        raise SpnasError(f"{source if isinstance(source, (str, Path)) else 'program'}: ExecuTorch cannot load it "
+                         f"({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__})") \
+            from exc
+
+
+def program_metadata(program) -> dict:
+    """The ``spnas_*`` constant methods of a loaded program, keyed back as ``spnas.*`` (class names as a list)."""
+    metadata: dict = {}
+    for name in sorted(program.method_names):
+        if not name.startswith(METADATA_PREFIX):
+            continue
+        values = list(program.load_method(name).execute([]))
+        key = "spnas." + name.removeprefix(METADATA_PREFIX)
+        metadata[key] = values if name == CLASS_NAMES_METHOD else values[0]
+    return metadata
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata a ``.pte`` carries, read through ExecuTorch's runtime as an app reads it."""
+    return program_metadata(_load_program(str(_checked_path(path))))
+
+
+def _checked_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise SpnasError(f"{path}: no such ExecuTorch program")
+    return path
+
+
+class ExecuTorchRunner(RunnerBase):
+    """A ``.pte`` in ExecuTorch's runtime (XNNPACK delegate), fed like an app feeds it."""
+
+    format = FORMAT
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        global _methods_loaded
+
+        self.path = _checked_path(path)
+        self.threads = set_threads(num_threads)
+        self.program = _load_program(str(self.path))
+        if METHOD not in self.program.method_names:
+            raise SpnasError(f"{self.path}: ExecuTorch program has no {METHOD!r} method")
+        self.metadata = program_metadata(self.program)
+        self.spec = spec_from_metadata(self.metadata)
+        self.precision = self.metadata.get("spnas.precision", "fp32")
+        self.class_names = self.metadata.get("spnas.class_names")
+        self.method = self.program.load_method(METHOD)
+        _methods_loaded = True
+        self.input_shape = tuple(self.method.metadata.input_tensor_meta(0).sizes())
+
+    def prepare(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels)
+        size = self.input_shape[2:]
+        if pixels.ndim != 4 or pixels.shape[1:3] != size or pixels.shape[3] != 3:
+            raise SpnasError(f"expected uint8 crops (N, {size[0]}, {size[1]}, 3), got {pixels.shape}")
+        return normalize(pixels, self.spec, "NCHW")
+
+    def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        import torch
+
+        logits = [self.method.execute([torch.from_numpy(prepared[index:index + 1])])[0].numpy()
+                  for index in range(len(prepared))]
+        return np.concatenate(logits).astype(np.float32)
+
+
+def load(path: str | Path, num_threads: int | None = None) -> ExecuTorchRunner:
+    """Open a ``.pte`` in ExecuTorch's runtime; ``num_threads`` sizes its thread pool (None: the runtime default)."""
+    return ExecuTorchRunner(path, num_threads)

@@ -1,0 +1,166 @@
+"""ExecuTorch: the real exporter (torch.export, PT2E, XNNPACK lowering) and ExecuTorch's own runtime.
+
+The artifacts are the ones ``spnas-export --format all --int8`` writes in conftest's ``cli_exports``
+(one export per session: lowering takes ~30 s); parity is measured on the 40 held-out
+``parity_pixels`` against the PyTorch reference.  Small hand-made programs cover what the
+SPNasNet export cannot show cheaply: the lowering refusing a graph XNNPACK does not take, and a
+program with another input size and normalisation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from spnas.errors import SpnasError
+from spnas.parity import compare
+from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
+
+if importlib.util.find_spec("executorch") is None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("the executorch extra must be installed in CI", pytrace=False)
+    pytest.skip("executorch extra not installed: pip install 'spnas[executorch]'", allow_module_level=True)
+
+import torch  # noqa: E402
+
+from spnas.export import executorch as et  # noqa: E402
+
+pytestmark = pytest.mark.parity
+
+# Measured on these 40 images with the CLI's 64-image calibration: top-1 1.0, ~37 dB (XNNPACKQuantizer's
+# default flow; the protocol benchmark gives the figures on 200 images).  The gate itself is 0.85 / 22 dB.
+INT8_MIN_TOP1 = 0.95
+INT8_MIN_SQNR_DB = 32.0
+
+
+@pytest.fixture(scope="module")
+def report(cli_exports) -> dict:
+    entries = json.loads((cli_exports / "report.json").read_text())["artifacts"]
+    return {e["precision"]: e for e in entries if e["format"] == "executorch"}
+
+
+def test_cli_writes_both_programs_fully_delegated_and_gated(report, cli_exports):
+    assert sorted(report) == ["fp32", "int8"]
+    for precision, entry in report.items():
+        assert entry["path"] == f"spnasnet_100_{precision}.pte" and (cli_exports / entry["path"]).is_file()
+        assert entry["passed"] is True and entry["gate"]["status"] == "passed"
+        delegation = entry["details"]["delegation"]
+        assert delegation["delegated_subgraphs"] == 1 and delegation["non_delegated_ops"] == 0
+        assert delegation["portable_kernels"] == []
+        assert delegation["delegated_by_op"]["aten_convolution_default"] == 64
+    assert report["int8"]["details"]["delegation"]["delegated_by_op"][
+        "quantized_decomposed_dequantize_per_channel_default"] == 65  # 64 convs + the classifier, per channel
+    assert report["int8"]["size_bytes"] < 0.3 * report["fp32"]["size_bytes"]
+
+
+def test_fp32_parity_in_the_executorch_runtime(cli_exports, parity_pixels, reference_logits):
+    runner = et.load(cli_exports / "spnasnet_100_fp32.pte")
+    assert (runner.format, runner.precision, runner.input_shape) == ("executorch", "fp32", (1, 3, 224, 224))
+    metrics = compare(reference_logits, runner.run(parity_pixels))
+    assert metrics["max_rel_error"] <= 1e-5, metrics
+
+
+def test_int8_parity_in_the_executorch_runtime(cli_exports, parity_pixels, reference_logits):
+    runner = et.load(cli_exports / "spnasnet_100_int8.pte")
+    assert runner.precision == "int8"
+    metrics = compare(reference_logits, runner.run(parity_pixels))
+    assert metrics["top1_agreement"] >= INT8_MIN_TOP1, metrics
+    assert metrics["sqnr_db"] >= INT8_MIN_SQNR_DB, metrics
+
+
+def test_metadata_read_back_from_the_program(cli_exports, fixture_model):
+    from spnas.classes import read_class_names
+
+    for precision in ("fp32", "int8"):
+        metadata = et.read_metadata(cli_exports / f"spnasnet_100_{precision}.pte")
+        assert PreprocessSpec.from_dict(json.loads(metadata["spnas.preprocessing"])) == DEFAULT_SPEC
+        assert json.loads(metadata["spnas.weights"]) == {"source": fixture_model.weights_info.source,
+                                                          "sha256": fixture_model.weights_info.sha256}
+        assert metadata["spnas.precision"] == precision and metadata["spnas.num_classes"] == "1000"
+        assert metadata["spnas.class_names"] == read_class_names() and "NCHW" in metadata["spnas.input"]
+
+
+class TinyNet(torch.nn.Module):
+    """A conv and a mean: enough for a program with its own input size and normalisation."""
+
+    num_classes = 4
+
+    def __init__(self, cumsum: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.cumsum = cumsum
+
+    def forward(self, x):
+        y = self.conv(x)
+        return (y.cumsum(2) if self.cumsum else y).mean((2, 3))
+
+
+def test_program_with_another_size_and_normalisation_is_fed_with_it(tmp_path):
+    spec = PreprocessSpec(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    metadata = {"spnas.preprocessing": json.dumps(spec.to_dict()), "spnas.precision": "fp32"}
+    content, delegation = et.lower(et.export_graph(TinyNet(), spec), et.metadata_methods(metadata, list("abcd")))
+    assert delegation["non_delegated_ops"] == 0
+    path = tmp_path / "tiny.pte"
+    path.write_bytes(content)
+    runner = et.load(path)
+    assert runner.spec == spec and runner.class_names == list("abcd") and runner.input_shape == (1, 3, 32, 32)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(runner.prepare(pixels), (pixels / 255.0 - 0.5).transpose(0, 3, 1, 2) / 0.25,
+                               atol=1e-6)
+    with torch.no_grad():
+        expected = TinyNet()(torch.from_numpy(normalize(pixels, spec))).numpy()
+    np.testing.assert_allclose(runner.run(pixels), expected, atol=1e-5)
+    with pytest.raises(SpnasError, match=r"expected uint8 crops \(N, 32, 32, 3\)"):
+        runner.prepare(pixels[:, :16])
+
+
+def test_an_op_outside_the_delegate_fails_the_export():
+    with pytest.raises(SpnasError, match="outside the XNNPACK delegate.*cumsum"):
+        et.lower(et.export_graph(TinyNet(cumsum=True), PreprocessSpec(input_size=8)), {})
+
+
+def test_thread_pool_is_fixed_once_a_program_is_loaded(cli_exports):
+    et.load(cli_exports / "spnasnet_100_fp32.pte")
+    current = et.set_threads(None)
+    with pytest.raises(SpnasError, match="fixed at"):
+        et.load(cli_exports / "spnasnet_100_fp32.pte", num_threads=current + 1)
+    probe = (f"from spnas.export import executorch as et; r = et.load({str(cli_exports / 'spnasnet_100_int8.pte')!r}, "
+             "num_threads=1); print(r.threads, et.set_threads(None))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["1", "1"], result.stderr
+    assert "cpuinfo" not in result.stderr and "Failed to load" not in result.stderr  # native start-up noise hidden
+
+
+def test_not_a_program_fails_in_one_line(tmp_path):
+    bad = tmp_path / "broken.pte"
+    bad.write_bytes(b"not a flatbuffer at all")
+    result = subprocess.run([sys.executable, "-m", "spnas.cli.verify", str(bad), "--weights", "random", "--images",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+BLOCK_EXECUTORCH = "import sys; sys.modules['executorch'] = None; "
+
+
+def test_missing_extra_gives_the_install_hint(tmp_path):
+    probe = BLOCK_EXECUTORCH + ("from spnas.cli.export import main; "
+                                f"sys.exit(main(['--format', 'executorch', '--out', {str(tmp_path)!r}]))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "format 'executorch' needs 'executorch': pip install 'spnas[executorch]'" in result.stderr
+
+
+def test_format_all_skips_a_missing_extra_and_says_why():
+    probe = BLOCK_EXECUTORCH + ("from spnas.export import installed_formats; modules, skipped = installed_formats(); "
+                                "print(sorted(modules)); print(skipped['executorch'])")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    lines = result.stdout.splitlines()
+    assert "'executorch'" not in lines[0] and "'tflite'" in lines[0], result.stderr
+    assert lines[1] == "format 'executorch' needs 'executorch': pip install 'spnas[executorch]'"
