@@ -40,7 +40,7 @@ import sys
 import warnings
 from pathlib import Path
 
-import executorch.version
+import executorch  # noqa: F401  (the extra: when it is missing, format_module gives the install hint)
 import numpy as np
 
 from spnas.errors import SpnasError
@@ -161,7 +161,9 @@ def export(ctx: ExportContext) -> list[Artifact]:
         raise SpnasError(f"{len(ctx.class_names)} class names for a model with {ctx.model.num_classes} outputs")
     spec = ctx.preprocessing
     size = spec.input_size
-    common = {"exporter": f"torch.export + executorch {executorch.version.__version__} to_edge_transform_and_lower",
+    from importlib.metadata import version
+
+    common = {"exporter": f"torch.export + executorch {version('executorch')} to_edge_transform_and_lower",
               "input": {"name": "input", "layout": "NCHW", "dtype": "float32", "shape": [1, 3, size, size]}}
     graphs = [("fp32", lambda: export_graph(ctx.model, spec), {})]
     if ctx.int8:
