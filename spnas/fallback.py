@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from spnas.io import artifact_size, atomic_path
+from spnas.quantize.plan import PLAN_FILE
 from spnas.verify import evaluate
 
 MAX_ROUNDS = 3
@@ -87,6 +88,10 @@ def fallback(module, ctx, entry: dict, pixels: np.ndarray, reference: np.ndarray
             latency_before, latency_after = interleaved_latency(module, [path, best["path"]], pixels[:1])
         with atomic_path(path) as tmp:
             shutil.move(best["path"], tmp)
+        plan = best["path"].parent / PLAN_FILE  # the kept attempt's plan, with its float layers
+        if plan.is_file():
+            with atomic_path(Path(ctx.out_dir) / PLAN_FILE) as tmp:
+                shutil.move(plan, tmp)
     result = best["result"]
     block = {
         "rounds": rounds,

@@ -11,25 +11,26 @@ API (all functions return new objects, inputs are never modified):
 
 - ``fold_batchnorm(model) -> FoldedNet``: an eval ``spnas.model.SPNasNet`` with BN folded
   into conv weight/bias, structure from ``spnas.arch.decode_arch``;
-- ``FoldedNet.forward(x_nchw) -> logits`` and ``FoldedNet.activations(x_nchw)`` (outputs of
-  every conv, after its ReLU), in float32 torch: the reference the transforms are checked
-  against; ``FoldedNet.to_state_dict()`` gives ``{name.weight, name.bias}`` numpy arrays;
+- ``FoldedNet.walk(x, ops)``: **the one walk** over the architecture (stem, blocks with their
+  residual adds, head, global pool, classifier).  ``ops`` (a ``NetOps``) says what a conv, an
+  add and the pool are and what happens at every tensor an int8 model quantizes (``"input"``,
+  each conv output after its ReLU, ``"blocks.S.B.add"``, ``"global_pool"``, ``"classifier"``):
+  the float reference (``TorchOps``), the int8 simulation and bias correction
+  (``spnas.quantize``) and the TF graph builder (``spnas.export.tflite``) are all this walk;
+- ``FoldedNet.forward(x_nchw) -> logits`` and ``FoldedNet.activations(x_nchw)`` (every tensor
+  above), in float32 torch: the reference the transforms are checked against;
+  ``FoldedNet.to_state_dict()`` gives ``{name.weight, name.bias}`` numpy arrays;
 - ``equalize(folded, activation_ranges=None) -> FoldedNet``: cross-layer equalization
   (Nagel et al. 2019, section 4.1) over every conv -> ReLU -> conv pair inside a block, and
   with ``activation_ranges`` (per-channel maxima of conv outputs, from ``channel_ranges``) the
   rescaling of ReLU outputs that feed a per-channel-quantized depthwise conv so every channel
   uses the whole per-tensor int8 range; the float function is unchanged up to rounding;
-- ``channel_ranges(folded, x_nchw) -> {name: per-channel max}``;
-- ``correct_bias(folded, x_nchw, activation_ranges=None, float_layers=()) -> FoldedNet``:
-  empirical bias correction (Nagel et al. 2019, section 4.2) against a simulation of int8
-  inference (TFLite's per-channel symmetric weights, per-tensor affine activations at the
-  given ranges), layer by layer.
+- ``channel_ranges(folded, x_nchw) -> {name: per-channel max}``.
 
-Why they are here: they are the standard cheap fixes for depthwise-heavy nets (per-tensor
-activation ranges of small channels, biased rounding and clipping).  Measured on the fixture
-weights with TFLite per-channel int8 (``benchmarks/results/tflite_int8.json``), bias
-correction on top of MSE range setting is worth 2.5-4.5 dB and the TFLite export applies it;
-the two equalizations did not help and stay available for other backends.
+Range setting and bias correction live in ``spnas.quantize`` (the int8 plan).  The two
+equalizations are the standard cheap fixes for depthwise-heavy nets; measured on the fixture
+weights with TFLite per-channel int8 (``benchmarks/results/tflite_int8.json``) they did not
+help on top of MSE ranges and bias correction, and stay available for studies.
 """
 
 from __future__ import annotations
@@ -100,29 +101,81 @@ class FoldedNet:
             state[f"{conv.name}.bias"] = conv.bias
         return state
 
+    def walk(self, x, ops: NetOps):
+        """Run ``x`` through the net with ``ops``; every quantized tensor passes ``ops.tensor``."""
+        t = ops.tensor("input", x)
+        t = ops.tensor(self.stem.name, ops.conv(self.stem, t))
+        for block in self.blocks:
+            out = t
+            for conv in block.convs:
+                out = ops.tensor(conv.name, ops.conv(conv, out))
+            if block.residual:
+                out = ops.tensor(f"{block.name}.add", ops.add(block.name, out, t))
+            t = out
+        t = ops.tensor(self.head.name, ops.conv(self.head, t))
+        t = ops.tensor("global_pool", ops.pool(t))
+        return ops.tensor(self.classifier.name, ops.conv(self.classifier, t))
+
+    def tensor_names(self) -> list[str]:
+        """Every tensor the walk passes through ``NetOps.tensor``, in execution order."""
+        recorder = _Recorder()
+        self.walk(None, recorder)
+        return list(recorder.seen)
+
     def activations(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Output (after ReLU) of every layer for an NCHW float batch, float32."""
+        """Every tensor of ``tensor_names`` (conv outputs after ReLU) for an NCHW float batch, float32."""
         import torch
 
-        seen = {}
-
-        def run(conv: FoldedConv, t):
-            seen[conv.name] = _apply(conv, t)
-            return seen[conv.name]
-
+        recorder = _Recorder(TorchOps())
         with torch.inference_mode():
-            t = run(self.stem, torch.from_numpy(np.asarray(x, np.float32)))
-            for block in self.blocks:
-                out = t
-                for conv in block.convs:
-                    out = run(conv, out)
-                t = out + t if block.residual else out
-            t = run(self.head, t)
-            run(self.classifier, t.mean(dim=(2, 3)))
-        return {name: value.numpy() for name, value in seen.items()}
+            self.walk(torch.from_numpy(np.asarray(x, np.float32)), recorder)
+        return {name: value.numpy() for name, value in recorder.seen.items()}
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         return self.activations(x)[self.classifier.name]
+
+
+class NetOps:
+    """What ``FoldedNet.walk`` does at each step; subclasses override what differs."""
+
+    def conv(self, conv: FoldedConv, x):
+        raise NotImplementedError
+
+    def add(self, name: str, out, skip):
+        return out + skip
+
+    def pool(self, x):
+        return x.mean(dim=(2, 3))
+
+    def tensor(self, name: str, x):
+        return x
+
+
+class TorchOps(NetOps):
+    """The float32 reference in torch, NCHW."""
+
+    def conv(self, conv: FoldedConv, x):
+        return _apply(conv, x)
+
+
+class _Recorder(NetOps):
+    """Wraps other ops and keeps every tensor by name (with no inner ops: only the names)."""
+
+    def __init__(self, inner: NetOps | None = None):
+        self.inner, self.seen = inner, {}
+
+    def conv(self, conv, x):
+        return self.inner.conv(conv, x) if self.inner else None
+
+    def add(self, name, out, skip):
+        return self.inner.add(name, out, skip) if self.inner else None
+
+    def pool(self, x):
+        return self.inner.pool(x) if self.inner else None
+
+    def tensor(self, name, x):
+        self.seen[name] = self.inner.tensor(name, x) if self.inner else None
+        return self.seen[name]
 
 
 def _apply(conv: FoldedConv, t):
@@ -239,65 +292,3 @@ def channel_ranges(folded: FoldedNet, x_nchw: np.ndarray, batch: int = 16) -> di
             high = np.abs(value).max(axis=axes)
             ranges[name] = high if name not in ranges else np.maximum(ranges[name], high)
     return ranges
-
-
-def quantize_weight_per_channel(weight: np.ndarray) -> np.ndarray:
-    """TFLite's int8 per-channel symmetric weight rounding (scale = max|w| / 127), dequantized."""
-    flat = weight.reshape(weight.shape[0], -1).astype(np.float64)
-    scale = np.abs(flat).max(axis=1, keepdims=True) / 127.0
-    scale[scale == 0] = 1.0
-    return (np.clip(np.round(flat / scale), -127, 127) * scale).reshape(weight.shape)
-
-
-def correct_bias(folded: FoldedNet, x_nchw: np.ndarray, activation_ranges: dict | None = None,
-                 float_layers=()) -> FoldedNet:
-    """Empirical bias correction (Nagel et al. 2019, section 4.2) against int8 inference as
-    TFLite runs it: per-channel symmetric int8 weights and, given ``activation_ranges``
-    (``{tensor: (min, max)}`` for ``"input"``, every conv output, ``"blocks.S.B.add"``,
-    ``"global_pool"`` and ``"classifier"``), every activation rounded and clipped to its
-    per-tensor affine int8 grid.  Layers in ``float_layers`` keep float weights.
-
-    Layer by layer in execution order the images go through the float net and through that
-    simulation; each conv's bias is lowered by the mean, per output channel and before ReLU,
-    of (int8 path - float path), so later layers see the already corrected earlier ones.
-    Rounding is unbiased but clipping is not, and ReLU turns noise into a shift: uncorrected,
-    the shifts add up along the 22 blocks.  Memory: all images' activations of one layer.
-    """
-    import torch
-
-    ranges = activation_ranges or {}
-    corrected: dict[str, FoldedConv] = {}
-
-    def quantize(name: str, t):
-        if name not in ranges:
-            return t
-        low, high = ranges[name]
-        scale = (high - low) / 255.0
-        zero_point = round(-128.0 - low / scale)
-        return (torch.clamp(torch.round(t / scale) + zero_point, -128, 127) - zero_point) * scale
-
-    def layer(conv: FoldedConv, float_in, int8_in):
-        linear = replace(conv, relu=False)
-        int8 = linear if conv.name in float_layers else replace(linear, weight=quantize_weight_per_channel(conv.weight))
-        float_out, int8_out = _apply(linear, float_in), _apply(int8, int8_in)
-        axes = (0,) if conv.is_linear else (0, 2, 3)
-        shift = (int8_out - float_out).double().mean(dim=axes).float()
-        int8_out -= shift.view(1, -1, *([1] * (int8_out.ndim - 2)))
-        corrected[conv.name] = replace(conv, bias=(conv.bias - shift.numpy()).astype(np.float32))
-        if conv.relu:
-            float_out, int8_out = torch.relu(float_out), torch.relu(int8_out)
-        return float_out, quantize(conv.name, int8_out)
-
-    with torch.inference_mode():
-        x = torch.from_numpy(np.asarray(x_nchw, np.float32))
-        t, q = layer(folded.stem, x, quantize("input", x))
-        for block in folded.blocks:
-            out, out_q = t, q
-            for conv in block.convs:
-                out, out_q = layer(conv, out, out_q)
-            if block.residual:
-                out, out_q = out + t, quantize(f"{block.name}.add", out_q + q)
-            t, q = out, out_q
-        t, q = layer(folded.head, t, q)
-        layer(folded.classifier, t.mean(dim=(2, 3)), quantize("global_pool", q.mean(dim=(2, 3))))
-    return folded.replace_layers(corrected, "bias correction (int8 simulation)")

@@ -56,7 +56,7 @@ def test_report_contract(default_run):
                                            "top5_agreement"}
         assert not artifact["path"].startswith("/") and (out / artifact["path"]).stat().st_size == \
             artifact["size_bytes"]
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "spnasnet_100_fp32.tflite",
+    assert sorted(p.name for p in out.iterdir()) == ["quant_plan.json", "report.json", "spnasnet_100_fp32.tflite",
                                                        "spnasnet_100_int8.tflite"]
 
 

@@ -65,8 +65,11 @@ def test_kept_layers_are_float_ops_in_the_written_artifact(fallback_export):
 
 def test_no_fallback_leftovers_in_the_output_folder(fallback_export):
     _, out, _ = fallback_export
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "spnasnet_100_fp32.tflite",
+    assert sorted(p.name for p in out.iterdir()) == ["quant_plan.json", "report.json", "spnasnet_100_fp32.tflite",
                                                      "spnasnet_100_int8.tflite"]
+    plan = json.loads((out / "quant_plan.json").read_text())
+    assert plan["float_layers"] == json.loads((out / "report.json").read_text())["artifacts"][1]["fallback"][
+        "float_layers"]
 
 
 def test_worst_layers_ranks_by_sqnr_drop_and_skips_kept():

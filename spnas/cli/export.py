@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "in float, re-export and re-verify (up to 3 rounds; TFLite and ONNX)")
     parser.add_argument("--fallback-layers", type=int, default=3, metavar="N",
                         help="layers kept in float per fallback round (default 3)")
+    parser.add_argument("--plan", metavar="FILE",
+                        help="int8: lower this quant_plan.json (from an earlier export) instead of calibrating, "
+                             "so the int8 artifacts are reproduced exactly")
     parser.add_argument("--out", default="exports", metavar="DIR", help="output folder (default exports/)")
     parser.add_argument("--strict", action="store_true", help="fail (exit 1) when weights are random")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -79,6 +82,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--android-assets needs --format tflite or all")
     if args.fallback == "auto" and not args.int8:
         parser.error("--fallback auto needs --int8")
+    if args.plan and not args.int8:
+        parser.error("--plan needs --int8")
     if args.fallback_layers < 1:
         parser.error("--fallback-layers must be at least 1")
 
@@ -103,6 +108,7 @@ def export(args: argparse.Namespace) -> int:
     from spnas.intake import set_pixel_limit
     from spnas.io import artifact_size, check_out_dir, ensure_out_dir
     from spnas.preprocess import DEFAULT_SPEC
+    from spnas.quantize import load_plan, plan_for
     from spnas.report import build_report, write_report
     from spnas.verify import evaluate, summary_table, thresholds_for
 
@@ -141,9 +147,14 @@ def export(args: argparse.Namespace) -> int:
                                              "image_input", "coreml_int8_mode")}
     ensure_out_dir(out_dir)
     entries = []
+    plan = load_plan(args.plan) if args.plan else None
     for name, module in modules.items():
         ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
-                            out_dir=out_dir, int8=args.int8, fp16=args.fp16, options=options, progress=console.info)
+                            out_dir=out_dir, int8=args.int8, fp16=args.fp16, options=options, progress=console.info,
+                            quant_plan=plan)
+        if args.int8 and plan is None:  # once, for every format
+            with console.step(f"int8 plan: ranges and bias correction on {len(calib)} images"):
+                plan = plan_for(ctx)
         with console.step(f"exporting {name}"):
             artifacts = module.export(ctx)
         for artifact in artifacts:

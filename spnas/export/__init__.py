@@ -81,6 +81,7 @@ class ExportContext:
     fp16: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # format-specific CLI flags
     class_names: list[str] = field(default_factory=_imagenet_class_names)  # index-ordered, one per logit
+    quant_plan: Any = None  # spnas.quantize.QuantPlan shared by every int8 lowering; None: computed on demand
     progress: Callable[[str], Any] = print
 
 

@@ -12,18 +12,13 @@ Artifacts (``spnasnet_100_<precision>.tflite``):
 
 - ``fp32``: float32 input ``[1, 224, 224, 3]``, normalised RGB (timm mean/std), float32 logits;
 - ``fp16`` (``ctx.fp16``): the same graph with float16 weights (DEQUANTIZE to float32 at load);
-- ``int8`` (``ctx.int8``): full-integer post-training quantization with TF's MLIR quantizer:
-  per-channel symmetric int8 weights (convs and the classifier), int8 activations calibrated
-  by min/max on ``ctx.calibration_pixels`` preprocessed exactly like the reference, int32 biases.
-  Two corrections follow the calibration (``benchmarks/tflite_int8.py`` has the figures):
-  each activation range is shrunk to its MSE-optimal range (``mse_ranges``, a clipped value
-  counting ``CLIP_WEIGHT`` times a rounded one), then every bias is corrected for the mean
-  shift int8 inference causes at those ranges (``correct_biases``: ``folding.correct_bias``
-  on an int8 simulation).  On the fixture weights, protocol rows: min/max 0.980 / 33.2 dB,
-  MSE alone 0.990 / 37.6 dB, both 0.990 / 40.1 dB; on the CLI's own seeded splits of
-  imagenet-sample (50 parity images) both give 38.0-41.8 dB where MSE alone gave 34.1-38.7,
-  because one high-contrast photo that clips everywhere is no longer pulled off by the
-  accumulated shift.  Cross-layer equalization did not help on top.
+- ``int8`` (``ctx.int8``): full-integer post-training quantization that *lowers* the export's
+  ``spnas.quantize.QuantPlan`` (``lower``): the float graph is built with the plan's corrected
+  biases, every activation tensor gets the plan's range as its min/max statistics (no TF
+  calibration runs), and TF's MLIR quantizer turns that into per-channel symmetric int8
+  weights, int8 activations on exactly the plan's grids and int32 biases.  The plan (MSE
+  ranges, bias correction against the torch int8 simulation) is computed in ``spnas.quantize``;
+  on the fixture weights, protocol rows it measures 0.990 / 40.1 dB here.
 
 Int8 I/O choice.  Default: **int8 input and int8 output**, scale and zero point in
 ``Artifact.details`` (and in the model's tensor quantization parameters).  An app normalises
@@ -42,9 +37,9 @@ Per-layer drift for ``spnas-verify --explain``: ``layer_errors(model, calibratio
 eval_pixels)`` returns, per timm layer name, the int8-vs-float error of that layer alone
 (QuantizationDebugger, float input to each op) and the accumulated error at that point.
 
-Fallback (``spnas-export --fallback auto``): ``ctx.options["float_layers"]`` lists timm layers
-that the MLIR quantizer leaves in float (``denylisted_nodes``); each becomes a float op with
-float32 weights between a DEQUANTIZE and a QUANTIZE, everything else stays int8.
+Fallback (``spnas-export --fallback auto``): the plan's ``float_layers`` are timm layers that
+the MLIR quantizer leaves in float (``denylisted_nodes``); each becomes a float op with float32
+weights between a DEQUANTIZE and a QUANTIZE, everything else stays int8.
 """
 
 from __future__ import annotations
@@ -61,6 +56,7 @@ import numpy as np
 
 from spnas.errors import SpnasError
 from spnas.export import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
+from spnas.folding import NetOps
 from spnas.parity import sqnr_db
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
@@ -91,16 +87,37 @@ def build_graph(folded, *, uint8_input: bool = False, spec: PreprocessSpec = DEF
     uint8 by the converter) and normalises them in-graph before any padding.
     """
     tf = _tf()
-    constants = {conv.name: _tf_weights(conv) for conv in folded.layers()}
+    ops = _TfOps(folded)
     if uint8_input:
         mean = np.asarray(spec.mean, np.float64)
         std = np.asarray(spec.std, np.float64)
         norm_weight = (1.0 / (spec.pixel_divisor * std)).reshape(1, 1, 3, 1).astype(np.float32)
         norm_bias = (-mean / std).astype(np.float32)
 
-    def conv_layer(conv, x):
-        weight, bias = constants[conv.name]
+    @tf.function(input_signature=[tf.TensorSpec([1, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="pixels"
+                                                if uint8_input else "input")])
+    def spnasnet(x):
+        if uint8_input:
+            with tf.name_scope("normalize"):
+                x = tf.nn.bias_add(tf.nn.depthwise_conv2d(x, tf.constant(norm_weight), [1, 1, 1, 1], "VALID"),
+                                   tf.constant(norm_bias))
+        return folded.walk(x, ops)
+
+    return spnasnet
+
+
+class _TfOps(NetOps):
+    """``FoldedNet.walk`` as NHWC TF ops, each in a name scope named after its timm module."""
+
+    def __init__(self, folded):
+        self.constants = {conv.name: _tf_weights(conv) for conv in folded.layers()}
+
+    def conv(self, conv, x):
+        tf = _tf()
+        weight, bias = self.constants[conv.name]
         with tf.name_scope(conv.name):
+            if conv.is_linear:
+                return tf.identity(tf.matmul(x, weight) + bias, name="logits")
             kernel = conv.weight.shape[-1]
             if conv.stride == 1 and conv.padding == kernel // 2:
                 padding = "SAME"
@@ -117,30 +134,14 @@ def build_graph(folded, *, uint8_input: bool = False, spec: PreprocessSpec = DEF
             x = tf.nn.bias_add(x, bias)
             return tf.nn.relu(x) if conv.relu else x
 
-    @tf.function(input_signature=[tf.TensorSpec([1, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="pixels"
-                                                if uint8_input else "input")])
-    def spnasnet(x):
-        if uint8_input:
-            with tf.name_scope("normalize"):
-                x = tf.nn.bias_add(tf.nn.depthwise_conv2d(x, tf.constant(norm_weight), [1, 1, 1, 1], "VALID"),
-                                   tf.constant(norm_bias))
-        x = conv_layer(folded.stem, x)
-        for block in folded.blocks:
-            out = x
-            for conv in block.convs:
-                out = conv_layer(conv, out)
-            if block.residual:
-                with tf.name_scope(f"{block.name}.add"):
-                    out = out + x
-            x = out
-        x = conv_layer(folded.head, x)
-        with tf.name_scope("global_pool"):
-            x = tf.reduce_mean(x, axis=[1, 2])
-        weight, bias = constants[folded.classifier.name]
-        with tf.name_scope(folded.classifier.name):
-            return tf.identity(tf.matmul(x, weight) + bias, name="logits")
+    def add(self, name, out, skip):
+        with _tf().name_scope(f"{name}.add"):
+            return out + skip
 
-    return spnasnet
+    def pool(self, x):
+        tf = _tf()
+        with tf.name_scope("global_pool"):
+            return tf.reduce_mean(x, axis=[1, 2])
 
 
 def _tf_weights(conv):
@@ -157,54 +158,39 @@ def _tf_weights(conv):
 
 # ---------------------------------------------------------------- conversion
 
-HISTOGRAM_BINS = 2048
-# A clipped value counts 4x a rounded one: clipping errors are coherent (same sign over a
-# channel) and survive the global pool, rounding noise averages out.  With bias correction,
-# 4 beat 1, 2 and 8 on the protocol and on the CLI's seeded splits (benchmarks/tflite_int8.py).
-CLIP_WEIGHT = 4.0
-BIAS_CORRECTION_IMAGES = 64
-
-
 def _converter(graph):
     tf = _tf()
     return tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
 
 
-def representative_inputs(pixels: np.ndarray, *, uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC):
-    """A representative-dataset callable: one ``[1, 224, 224, 3]`` float32 input per image,
-    preprocessed exactly as the reference (or raw pixel values with ``uint8_input``)."""
+def representative_inputs(pixels: np.ndarray, *, spec: PreprocessSpec = DEFAULT_SPEC):
+    """A representative-dataset callable (one normalised ``[1, 224, 224, 3]`` input per image),
+    for TF's QuantizationDebugger."""
 
     def dataset():
         for image in pixels:
-            if uint8_input:
-                yield [image[None].astype(np.float32)]
-            else:
-                yield [normalize(image[None], spec, layout="NHWC")]
+            yield [normalize(image[None], spec, layout="NHWC")]
 
     return dataset
 
 
-def convert(folded, precision: str, *, calibration_pixels: np.ndarray | None = None, uint8_input: bool = False,
-            spec: PreprocessSpec = DEFAULT_SPEC, range_setting: str = "mse", clip_weight: float = CLIP_WEIGHT,
-            bias_correction: bool = True, float_layers=()) -> bytes:
+def convert(folded, precision: str, *, calibration_pixels: np.ndarray | None = None, plan=None,
+            uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC, **plan_options) -> bytes:
     """Convert a ``FoldedNet`` to TFLite flatbuffer bytes: ``fp32``, ``fp16`` or ``int8``.
 
-    int8 ``range_setting``: ``"minmax"`` (the converter's calibration as is) or ``"mse"``
-    (default: each activation's calibrated range is shrunk to minimise its expected squared
-    quantization error, see ``mse_ranges`` and its ``clip_weight``).  int8 ``float_layers``:
-    timm names of convs / the classifier left in float (``spnas-export --fallback auto``).
+    int8 lowers ``plan``, or a plan built here from ``calibration_pixels`` with ``plan_options``
+    (``spnas.quantize.build_plan``: ``range_setting``, ``clip_weight``, ``bias_correction``,
+    ``float_layers``).
     """
     tf = _tf()
     if precision == "int8":
-        calibrated = calibrate(folded, calibration_pixels, uint8_input=uint8_input, spec=spec)
-        if range_setting == "mse":
-            calibrated = mse_ranges(calibrated, representative_inputs(calibration_pixels, uint8_input=uint8_input,
-                                                                      spec=spec), clip_weight)
-        elif range_setting != "minmax":
-            raise ValueError(f"unknown range setting {range_setting!r}")
-        if bias_correction:
-            calibrated = correct_biases(calibrated, folded, calibration_pixels, spec, float_layers)
-        return quantize_calibrated(calibrated, uint8_input=uint8_input, float_layers=float_layers)
+        if plan is None:
+            from spnas.quantize import PixelBatches, build_plan
+
+            if calibration_pixels is None or len(calibration_pixels) == 0:
+                raise SpnasError("int8 TFLite export needs calibration images")
+            plan = build_plan(folded, PixelBatches(calibration_pixels, spec), spec, **plan_options)
+        return lower(folded, plan, uint8_input=uint8_input, spec=spec)
     converter = _converter(build_graph(folded))
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -215,31 +201,43 @@ def convert(folded, precision: str, *, calibration_pixels: np.ndarray | None = N
         return converter.convert()
 
 
-def calibrate(folded, calibration_pixels, *, uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC) -> bytes:
-    """The float TFLite model with per-tensor min/max from the converter's calibration."""
-    converter = _converter(build_graph(folded, uint8_input=uint8_input, spec=spec))
-    _configure_int8(converter, calibration_pixels, uint8_input, spec)
-    converter._experimental_calibrate_only = True  # the route QuantizationDebugger uses
+def lower(folded, plan, *, uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC,
+          numeric_verify: bool = False) -> bytes:
+    """The int8 TFLite model of a ``QuantPlan``: float graph with the plan's biases, the plan's
+    ranges on every activation, then TF's MLIR quantizer (``numeric_verify``: the debugger's model)."""
+    net = plan.apply_biases(folded)
+    converter = _converter(build_graph(net, uint8_input=uint8_input, spec=spec))
     with _quiet_converter():
-        calibrated = converter.convert()
-    return _full_input_range(calibrated, uint8_input, spec)
+        float_model = converter.convert()
+    stamped = stamp_ranges(float_model, net, plan, uint8_input)
+    return quantize_calibrated(stamped, uint8_input=uint8_input, numeric_verify=numeric_verify,
+                               float_layers=plan.float_layers)
 
 
-def _full_input_range(calibrated: bytes, uint8_input: bool, spec: PreprocessSpec) -> bytes:
-    """Set the input range to every value a pixel can produce, not what the calibration images
-    happened to contain, so a brighter or darker photo than any calibration image never clips."""
+def stamp_ranges(content: bytes, folded, plan, uint8_input: bool = False) -> bytes:
+    """Write the plan's range of each tensor as that TFLite tensor's min/max statistics (what a
+    TF calibration would have recorded); PAD outputs keep their input's, as the quantizer needs,
+    and a ``uint8_input`` model's raw pixel input is 0..255."""
+    from tensorflow.lite.python import schema_py_generated as tf_schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    if uint8_input:
-        low, high = 0.0, 255.0
-    else:
-        mean, std = np.asarray(spec.mean), np.asarray(spec.std)
-        low, high = float((-mean / std).min()), float(((1 - mean) / std).max())
-    model = flatbuffer_utils.read_model_from_bytearray(calibrated)
+    model = flatbuffer_utils.read_model_from_bytearray(content)
     graph = model.subgraphs[0]
-    quantization = graph.tensors[graph.inputs[0]].quantization
-    quantization.min = np.asarray([low], np.float32)
-    quantization.max = np.asarray([high], np.float32)
+
+    def stamp(index: int, low: float, high: float) -> None:
+        tensor = graph.tensors[index]
+        if tensor.quantization is None:
+            tensor.quantization = tf_schema.QuantizationParametersT()
+        tensor.quantization.min = np.asarray([low], np.float32)
+        tensor.quantization.max = np.asarray([high], np.float32)
+
+    activations, _ = _layer_tensors(model, folded)
+    for name, index in activations.items():
+        stamp(index, *plan.tensors[name].range)
+    for output, source in _pad_sources(model).items():
+        stamp(output, graph.tensors[source].quantization.min[0], graph.tensors[source].quantization.max[0])
+    if uint8_input:
+        stamp(graph.inputs[0], 0.0, 255.0)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -293,90 +291,10 @@ def _quiet_converter():
         os.close(devnull)
 
 
-def _configure_int8(converter, calibration_pixels, uint8_input: bool, spec: PreprocessSpec) -> None:
-    tf = _tf()
-    if calibration_pixels is None or len(calibration_pixels) == 0:
-        raise SpnasError("int8 TFLite export needs calibration images")
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_inputs(calibration_pixels, uint8_input=uint8_input, spec=spec)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8 if uint8_input else tf.int8
-    converter.inference_output_type = tf.int8
-
-
-def mse_ranges(calibrated: bytes, dataset, clip_weight: float = CLIP_WEIGHT) -> bytes:
-    """Shrink every calibrated activation range (not the model input or output) to the one that
-    minimises the expected squared int8 error on the calibration data: rounding noise
-    ``scale^2 / 12`` inside the range plus ``clip_weight`` times the clipping error outside.
-
-    Min/max lets one outlier set the step of a whole tensor; with ReLU's long tails the
-    MSE-optimal range is typically 0.3-0.9 of the maximum.  Both ends shrink by one factor
-    (zero stays representable), searched on a 2048-bin histogram per tensor.  PAD outputs
-    keep their input's range, as the quantizer requires.
-    """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(calibrated)
-    graph = model.subgraphs[0]
-    pad_source = _pad_sources(model)
-    fixed = set(graph.inputs) | set(graph.outputs) | set(pad_source)
-    targets = [index for index, tensor in enumerate(graph.tensors) if index not in fixed
-               and tensor.quantization is not None and tensor.quantization.min is not None
-               and len(tensor.quantization.min) == 1 and tensor.quantization.max[0] > tensor.quantization.min[0]]
-    # Intermediate tensors are only readable without the XNNPACK delegate.
-    interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
-    input_index = interpreter.get_input_details()[0]["index"]
-    bounds = {i: (float(graph.tensors[i].quantization.min[0]), float(graph.tensors[i].quantization.max[0]))
-              for i in targets}
-    histograms = {i: np.zeros(HISTOGRAM_BINS) for i in targets}
-    for (inputs,) in dataset():
-        interpreter.set_tensor(input_index, inputs)
-        interpreter.invoke()
-        for i in targets:
-            histograms[i] += np.histogram(interpreter.get_tensor(i), HISTOGRAM_BINS, bounds[i])[0]
-    for i in targets:
-        ratio = _best_ratio(histograms[i], *bounds[i], clip_weight)
-        quantization = graph.tensors[i].quantization
-        quantization.min = np.asarray([bounds[i][0] * ratio], np.float32)
-        quantization.max = np.asarray([bounds[i][1] * ratio], np.float32)
-    for output, source in pad_source.items():
-        graph.tensors[output].quantization.min = graph.tensors[source].quantization.min.copy()
-        graph.tensors[output].quantization.max = graph.tensors[source].quantization.max.copy()
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def correct_biases(calibrated: bytes, folded, calibration_pixels: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC,
-                   float_layers=()) -> bytes:
-    """``folding.correct_bias`` against this calibrated model's own int8 ranges, on (up to
-    ``BIAS_CORRECTION_IMAGES``) calibration images; the new biases are written into the
-    model's bias buffers, its ranges stay as they are."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    from spnas import folding
-
-    model = flatbuffer_utils.read_model_from_bytearray(calibrated)
-    graph = model.subgraphs[0]
-    activations, biases = _layer_tensors(model, folded)
-    ranges = {key: (float(graph.tensors[index].quantization.min[0]), float(graph.tensors[index].quantization.max[0]))
-              for key, index in activations.items()}
-    pixels = calibration_pixels[:BIAS_CORRECTION_IMAGES]
-    corrected = folding.correct_bias(folded, normalize(pixels, spec), ranges, float_layers)
-    for conv in corrected.layers():
-        tensor = graph.tensors[biases[conv.name]]
-        if sum(other.buffer == tensor.buffer for other in graph.tensors) > 1:  # deduplicated constant
-            model.buffers.append(type(model.buffers[tensor.buffer])())
-            tensor.buffer = len(model.buffers) - 1
-        model.buffers[tensor.buffer].data = np.frombuffer(conv.bias.astype("<f4").tobytes(), np.uint8)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
 def _layer_tensors(model, folded) -> tuple[dict[str, int], dict[str, int]]:
-    """Tensor indices in a TFLite model object: every activation ``folding.correct_bias``
-    quantizes, keyed as it names them (``"input"``, timm conv names, ``"blocks.S.B.add"``,
-    ``"global_pool"``, ``"classifier"``), and the bias of every conv / FC by timm name."""
+    """Tensor indices in a TFLite model object: every tensor of ``folded.tensor_names()`` (what a
+    ``QuantPlan`` quantizes: ``"input"``, timm conv names, ``"blocks.S.B.add"``, ``"global_pool"``,
+    ``"classifier"``), and the bias of every conv / FC by timm name."""
     from ai_edge_litert import schema_py_generated as schema
 
     kinds = schema.BuiltinOperator
@@ -415,20 +333,6 @@ def _pad_sources(model) -> dict[int, int]:
     return {op.outputs[0]: op.inputs[0] for kind, op in _op_kinds(model) if kind == schema.BuiltinOperator.PAD}
 
 
-def _best_ratio(histogram: np.ndarray, low: float, high: float, clip_weight: float) -> float:
-    edges = np.linspace(low, high, len(histogram) + 1)
-    centers = (edges[:-1] + edges[1:]) / 2
-    ratios = np.linspace(0.2, 1.0, 81)
-    errors = []
-    for ratio in ratios:
-        a, b = low * ratio, high * ratio
-        inside = (centers >= a) & (centers <= b)
-        rounding = histogram[inside].sum() * ((b - a) / 255) ** 2 / 12
-        clipping = (histogram[~inside] * (np.clip(centers[~inside], a, b) - centers[~inside]) ** 2).sum()
-        errors.append(rounding + clip_weight * clipping)
-    return float(ratios[int(np.argmin(errors))])
-
-
 # ---------------------------------------------------------------- export
 
 
@@ -439,25 +343,22 @@ def export(ctx: ExportContext) -> list[Artifact]:
     folded = folding.fold_batchnorm(ctx.model)
     precisions = ["fp32"] + (["fp16"] if ctx.fp16 else []) + (["int8"] if ctx.int8 else [])
     uint8_input = bool(ctx.options.get("uint8_input", False))
-    float_layers = list(ctx.options.get("float_layers", []))
     artifacts = []
     for precision in precisions:
         ctx.progress(f"converting {precision} with tf.lite.TFLiteConverter")
         details = {"converter": f"tf.lite.TFLiteConverter {_tf().__version__} (from_concrete_functions)",
                    "layout": "NHWC", "input_shape": [1, INPUT_SIZE, INPUT_SIZE, 3]}
         if precision == "int8":
-            content = convert(folded, "int8", calibration_pixels=ctx.calibration_pixels, uint8_input=uint8_input,
-                              spec=ctx.preprocessing, float_layers=float_layers)
+            from spnas.quantize import PLAN_FILE, plan_for, save_plan
+
+            plan = plan_for(ctx)
+            content = lower(folded, plan, uint8_input=uint8_input, spec=ctx.preprocessing)
+            save_plan(plan, ctx.out_dir)
             details["quantization"] = {
                 "scheme": "full-integer PTQ: int8 per-channel symmetric weights, int8 activations, int32 bias",
-                "activation_ranges": f"calibrated min/max shrunk to the MSE-optimal range per tensor "
-                                     f"(clip weight {CLIP_WEIGHT:g})",
-                "bias_correction": f"empirical, against an int8 simulation on "
-                                   f"{min(len(ctx.calibration_pixels), BIAS_CORRECTION_IMAGES)} calibration images",
-                "calibration_images": int(len(ctx.calibration_pixels)),
-                "uint8_input": uint8_input}
-            if float_layers:
-                details["quantization"]["float_layers"] = float_layers
+                "plan": PLAN_FILE, **plan.method, "uint8_input": uint8_input}
+            if plan.float_layers:
+                details["quantization"]["float_layers"] = list(plan.float_layers)
         else:
             content = convert(folded, precision)
             if precision == "fp16":
@@ -611,15 +512,15 @@ def layer_errors(model, calibration_pixels: np.ndarray, eval_pixels: np.ndarray,
     - ``accumulated_sqnr_db``: SQNR of the int8 model's dequantized output of that layer
       against the float folded net on the same images: the drift accumulated up to there.
 
-    Costs one calibration plus three passes over ``eval_pixels`` (keep it to ~20-50 images).
+    Costs one plan plus three passes over ``eval_pixels`` (keep it to ~20-50 images).
     """
     from spnas import folding
+    from spnas.quantize import PixelBatches, build_plan
 
     tf = _tf()
     folded = folding.fold_batchnorm(model)
-    calibrated = mse_ranges(calibrate(folded, calibration_pixels, spec=spec),
-                            representative_inputs(calibration_pixels, spec=spec))
-    debug_model = quantize_calibrated(calibrated, numeric_verify=True)
+    plan = build_plan(folded, PixelBatches(calibration_pixels, spec), spec)
+    debug_model = lower(folded, plan, spec=spec, numeric_verify=True)
     with _quiet_converter(), warnings.catch_warnings():
         # The debugger runs on tf.lite.Interpreter, whose deprecation notice is not actionable here.
         warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
@@ -633,7 +534,7 @@ def layer_errors(model, calibration_pixels: np.ndarray, eval_pixels: np.ndarray,
         name = "classifier" if row["op_name"] == "FULLY_CONNECTED" else _timm_name(row["tensor_name"], result)
         if name is not None and row["op_name"] in MAC_OPS and float(row["scale"]) > 0:
             result[name]["local_rel_rmse"] = float(np.sqrt(float(row["mean_squared_error"])) / float(row["scale"]))
-    for name, value in accumulated_sqnr(quantize_calibrated(calibrated), folded, eval_pixels, spec).items():
+    for name, value in accumulated_sqnr(lower(folded, plan, spec=spec), folded, eval_pixels, spec).items():
         result[name]["accumulated_sqnr_db"] = value
     return result
 

@@ -1,0 +1,103 @@
+"""spnas.quantize: the int8 pipeline, computed once for every format.
+
+Every int8 artifact of an export (TFLite, ONNX, CoreML) is a *lowering* of one ``QuantPlan``;
+no exporter has numerics of its own.  The whole pipeline is ``build_plan``::
+
+    folded = fold_batchnorm(model)                  # spnas.folding: BN folded, the net every format builds
+    reader = PixelBatches(pixels, spec)             # calibration.py: normalised batches, streamed
+    ranges = set_ranges(folded, reader, spec, "mse")  # ranges.py: per-tensor ranges on the float net
+    plan = QuantPlan(tensors={name: TensorQuant.from_range(*ranges[name])},   # plan.py
+                     layers={conv: LayerQuant(weight_scales(conv.weight), conv.bias)})
+    plan = correct_biases(folded, plan, x)          # bias_correction.py: against the int8 simulation
+    logits = simulate(folded, plan, x)              # simulate.py: what the runtimes will compute
+    save_plan(plan, out_dir)                        # quant_plan.json beside the artifacts
+
+All of it walks the net through ``FoldedNet.walk``, the one description of the block order
+that the TF graph builder also uses.  The formats lower the plan:
+
+- TFLite (``spnas.export.tflite.lower``): the float graph with the plan's biases, every
+  activation tensor stamped with the plan's range, then TF's MLIR quantizer;
+- ONNX (``spnas.export.onnx``): ONNX Runtime ``quantize_static`` given the plan's ranges and
+  biases (uint8 activations: same scale, zero point + 128).
+
+``spnas-export --plan quant_plan.json`` skips calibration and reproduces the artifacts; a plan
+is refused if it was computed for other weights (``QuantPlan.check``).  Another exporter
+(ExecuTorch, a vendor SDK) lowers the same plan: read ``plan.tensors[name].scale`` /
+``.zero_point`` for each tensor of ``FoldedNet.tensor_names()``, ``plan.layers[conv].weight_scales``
+and ``.bias`` for each conv, and keep ``plan.float_layers`` in float.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spnas.folding import FoldedNet, fold_batchnorm
+from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec
+from spnas.quantize.bias_correction import BIAS_CORRECTION_IMAGES, correct_biases
+from spnas.quantize.calibration import CalibrationReader, PixelBatches
+from spnas.quantize.plan import PLAN_FILE, LayerQuant, QuantPlan, TensorQuant, load_plan, save_plan
+from spnas.quantize.ranges import CLIP_WEIGHT, PERCENTILE, RANGE_METHODS, set_ranges
+from spnas.quantize.simulate import simulate, simulate_tensors, weight_scales
+
+__all__ = ["BIAS_CORRECTION_IMAGES", "CLIP_WEIGHT", "PERCENTILE", "PLAN_FILE", "RANGE_METHODS", "CalibrationReader",
+           "LayerQuant", "PixelBatches", "QuantPlan", "TensorQuant", "build_plan", "correct_biases", "load_plan",
+           "plan_for", "save_plan", "set_ranges", "simulate", "simulate_tensors", "weight_scales"]
+
+
+def build_plan(folded: FoldedNet, reader: CalibrationReader, spec: PreprocessSpec = DEFAULT_SPEC, *,
+               range_setting: str = "mse", clip_weight: float = CLIP_WEIGHT, percentile: float = PERCENTILE,
+               bias_correction: bool = True, float_layers=(), weights_sha256: str | None = None,
+               ranges: dict | None = None) -> QuantPlan:
+    """The int8 plan of ``folded`` calibrated on ``reader`` (``ranges`` given: range setting is skipped)."""
+    missing = sorted(set(float_layers) - {conv.name for conv in folded.layers()})
+    if missing:
+        from spnas.errors import SpnasError
+
+        raise SpnasError(f"float layer(s) not in the graph: {', '.join(missing)}")
+    method = {"range_setting": range_setting, "calibration_images": len(reader) if hasattr(reader, "__len__")
+              else None}
+    method.update({"mse": {"clip_weight": clip_weight},
+                   "percentile": {"percentile": percentile}}.get(range_setting, {}))
+    if ranges is None:
+        ranges = set_ranges(folded, reader, spec, range_setting, clip_weight, percentile)
+    plan = QuantPlan(tensors={name: TensorQuant.from_range(*ranges[name]) for name in folded.tensor_names()},
+                     layers={conv.name: LayerQuant(weight_scales(conv.weight).tolist(), conv.bias.tolist())
+                             for conv in folded.layers()},
+                     float_layers=list(float_layers), method={**method, "bias_correction": bias_correction},
+                     weights_sha256=weights_sha256)
+    if bias_correction:
+        plan = correct_biases(folded, plan, _first_images(reader, BIAS_CORRECTION_IMAGES))
+    return plan
+
+
+def _first_images(reader: CalibrationReader, count: int) -> np.ndarray:
+    taken = []
+    reader.rewind()
+    while sum(len(b) for b in taken) < count and (batch := reader.get_next()) is not None:
+        taken.append(batch)
+    return np.concatenate(taken)[:count]
+
+
+def plan_for(ctx) -> QuantPlan:
+    """The export's plan: ``ctx.quant_plan`` when given (``--plan``, or computed once for all
+    formats), else computed from ``ctx.calibration_pixels``; with ``ctx.options["float_layers"]``
+    (the fallback) its biases are re-corrected for those float layers.  Cached on ``ctx``."""
+    from spnas.errors import SpnasError
+
+    folded = fold_batchnorm(ctx.model)
+    float_layers = list(ctx.options.get("float_layers", []))
+    plan = ctx.quant_plan
+    sha = getattr(ctx.weights, "sha256", None)
+    if plan is not None:
+        plan.check(folded, sha)
+        if sorted(plan.float_layers) == sorted(float_layers):
+            return plan
+    if ctx.calibration_pixels is None or len(ctx.calibration_pixels) == 0:
+        raise SpnasError("int8 export needs calibration images (or --plan)")
+    reader = PixelBatches(ctx.calibration_pixels, ctx.preprocessing)
+    ranges = {name: t.range for name, t in plan.tensors.items()} if plan is not None else None
+    options = {k: plan.method[k] for k in ("range_setting", "clip_weight", "percentile") if k in plan.method} \
+        if plan is not None else {}
+    ctx.quant_plan = build_plan(folded, reader, ctx.preprocessing, float_layers=float_layers, weights_sha256=sha,
+                                ranges=ranges, **options)
+    return ctx.quant_plan
