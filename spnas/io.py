@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -34,6 +35,30 @@ def ensure_out_dir(out_dir: str | Path) -> Path:
     return out_dir
 
 
+# Errors of the disk, not of the program: a full disk, a quota, a file size limit, a read-only or
+# forbidden folder.  They become one line naming the path; anything else keeps its traceback.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_error(exc: OSError, final: str | Path, stage: str | Path | None = None,
+                lands_in: str | Path | None = None) -> SpnasError | None:
+    """A one-line ``SpnasError`` for a failed write of ``final`` (``None`` if ``exc`` is not a disk error).
+
+    When the failing file lies in ``stage`` (a staging or temporary folder whose contents move into
+    ``lands_in``), the message names where it was going to land (hidden components are dropped).
+    """
+    if exc.errno not in WRITE_ERRNOS:
+        return None
+    where = Path(final)
+    if exc.filename and stage is not None:
+        with contextlib.suppress(ValueError):
+            parts = Path(os.fsdecode(exc.filename)).relative_to(stage).parts
+            where = Path(lands_in or final).joinpath(*(part for part in parts if not part.startswith(".")))
+    reason = exc.strerror or os.strerror(exc.errno)
+    return SpnasError(f"cannot write {where}: {reason} ({errno.errorcode.get(exc.errno, exc.errno)}); "
+                      "nothing was left behind")
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path):
     """Yield a temporary sibling path; rename it onto ``final`` only if the block succeeds.
@@ -41,8 +66,11 @@ def atomic_path(final: str | Path):
     Works for files and for directory artifacts such as ``.mlpackage``.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as exc:
+        raise (write_error(exc, final) or exc) from exc
     tmp = tmp_dir / final.name
     try:
         yield tmp
@@ -51,6 +79,11 @@ def atomic_path(final: str | Path):
         if final.is_dir():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as exc:
+        error = write_error(exc, final, tmp_dir, final.parent)
+        if error is None:
+            raise
+        raise error from exc
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 

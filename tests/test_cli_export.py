@@ -20,9 +20,18 @@ EXPORT = [sys.executable, "-m", "spnas.cli.export"]
 def default_run(tmp_path_factory):
     """``spnas-export --format tflite --int8`` with nothing else: embedded images, auto weights."""
     out = tmp_path_factory.mktemp("default") / "exports"
-    result = subprocess.run([*EXPORT, "--format", "tflite", "--int8", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([*EXPORT, "--format", "tflite", "--int8", "--out", str(out), "--android-assets",
+                             str(out.parent / "assets")], capture_output=True, text=True, timeout=600)
     return result, out
+
+
+def test_android_assets_are_staged_and_moved_in_whole(default_run):
+    _, out = default_run
+    from spnas.android import ASSET_FILES
+
+    assets = out.parent / "assets"
+    assert sorted(str(p.relative_to(assets)) for p in assets.rglob("*") if p.is_file()) == sorted(ASSET_FILES)
+    assert sorted(p.name for p in assets.iterdir()) == ["golden", "labels.txt", "model.tflite", "preprocessing.json"]
 
 
 def test_default_export_works_offline(default_run):

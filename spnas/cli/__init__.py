@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from spnas.errors import SpnasError
 
 
+class Terminated(BaseException):
+    """SIGTERM as an exception, so staged outputs and temporary files are cleaned up as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def run_cli(body: Callable[[], int], debug: bool) -> int:
-    """Turn user errors into one line and exit 2; keep tracebacks for ``--debug``."""
+    """Turn user errors into one line and exit 2; keep tracebacks for ``--debug``.
+
+    SIGINT exits 130 and SIGTERM 143 (128 + the signal), each with one line, after the run's
+    cleanup: staged outputs are dropped, so the output folder is as it was.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         return body()
     except SpnasError as exc:
@@ -19,8 +35,14 @@ def run_cli(body: Callable[[], int], debug: bool) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; no partial artifact was left behind", file=sys.stderr)
-        return 130
+        print("error: interrupted (SIGINT); nothing partial was left behind", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Terminated:
+        print("error: terminated (SIGTERM); nothing partial was left behind", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:

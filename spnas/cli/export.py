@@ -98,19 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(args: argparse.Namespace) -> int:
-    import warnings
-    from pathlib import Path
-
-    from spnas import create_model
+    """Check the request, then run it into a stage that is moved into ``--out`` only if it all succeeds."""
     from spnas.console import Console, install_warning_format
-    from spnas.export import ExportContext, format_module, installed_formats
-    from spnas.images import split_images
+    from spnas.export import format_module, installed_formats
     from spnas.intake import set_pixel_limit
-    from spnas.io import artifact_size, check_out_dir, ensure_out_dir
-    from spnas.preprocess import DEFAULT_SPEC
-    from spnas.quantize import load_plan, plan_for
-    from spnas.report import build_report, write_report
-    from spnas.verify import evaluate, summary_table, thresholds_for
+    from spnas.io import check_out_dir
+    from spnas.staging import staged_output
 
     console = Console(args.quiet)
     install_warning_format(console)
@@ -120,6 +113,27 @@ def export(args: argparse.Namespace) -> int:
     else:
         modules, skipped = {args.format: format_module(args.format)}, {}  # fail early on a missing extra
     out_dir = check_out_dir(args.out)
+    with staged_output(out_dir) as stage:
+        code, entries = export_into(stage, args, modules, skipped, console)
+    if entries:
+        print(f"\nwrote {len(entries)} artifact(s) and {out_dir / 'report.json'}")
+    return code
+
+
+def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, console) -> tuple[int, list[dict]]:
+    """The export itself: every file goes into ``stage``; returns the exit code and the report's artifacts."""
+    import warnings
+    from pathlib import Path
+
+    from spnas import create_model
+    from spnas.export import ExportContext
+    from spnas.images import split_images
+    from spnas.io import artifact_size
+    from spnas.preprocess import DEFAULT_SPEC
+    from spnas.quantize import load_plan, plan_for
+    from spnas.report import build_report, write_report
+    from spnas.verify import evaluate, summary_table, thresholds_for
+
     spec = DEFAULT_SPEC
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -139,18 +153,17 @@ def export(args: argparse.Namespace) -> int:
         console.warn(message)
     if weights.is_random and args.strict:
         console.warn("--strict: refusing random weights")
-        return 1
+        return 1, []
     from spnas.reference import TorchRunner
 
     reference = TorchRunner(model, spec).run(parity.pixels)
     options = {k: getattr(args, k) for k in ("uint8_input", "dynamic_batch", "onnx_calibration", "fp32",
                                              "image_input", "coreml_int8_mode")}
-    ensure_out_dir(out_dir)
     entries = []
     plan = load_plan(args.plan) if args.plan else None
     for name, module in modules.items():
         ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
-                            out_dir=out_dir, int8=args.int8, fp16=args.fp16, options=options, progress=console.info,
+                            out_dir=stage, int8=args.int8, fp16=args.fp16, options=options, progress=console.info,
                             quant_plan=plan)
         if args.int8 and plan is None:  # once, for every format
             with console.step(f"int8 plan: ranges and bias correction on {len(calib)} images"):
@@ -163,21 +176,20 @@ def export(args: argparse.Namespace) -> int:
                 result = evaluate(module.load(artifact.path), parity.pixels, reference, thresholds=thresholds,
                                   random_weights=weights.is_random)
             entry = {"format": artifact.format, "precision": artifact.precision,
-                     "path": str(Path(artifact.path).relative_to(out_dir)),
+                     "path": str(Path(artifact.path).relative_to(stage)),
                      "size_bytes": artifact_size(artifact.path), **result, "details": artifact.details}
             if args.fallback == "auto" and artifact.precision == "int8" and entry["passed"] is False:
                 entry = int8_fallback(module, ctx, entry, parity.pixels, reference, thresholds, args, console)
             entries.append(entry)
     report = build_report(weights=weights, preprocessing=spec, calibration=calib, parity_images=parity,
                           artifacts=entries, warnings=messages)
-    report_path = write_report(report, out_dir / "report.json")
+    write_report(report, stage / "report.json")
     if args.android_assets:
-        sync_android_assets(out_dir, entries, args.android_assets, spec, console)
+        sync_android_assets(stage, entries, args.android_assets, spec, console)
     print(summary_table(entries))
-    print(f"\nwrote {len(entries)} artifact(s) and {report_path}")
     if weights.is_random:
         console.warn("random weights: NOT FOR DEPLOYMENT (int8 gate not applicable)")
-    return 0 if all(entry["passed"] is not False for entry in entries) else 1
+    return (0 if all(entry["passed"] is not False for entry in entries) else 1), entries
 
 
 def int8_fallback(module, ctx, entry, pixels, reference, thresholds, args, console) -> dict:
@@ -189,13 +201,16 @@ def int8_fallback(module, ctx, entry, pixels, reference, thresholds, args, conso
     return fallback(module, ctx, entry, pixels, reference, thresholds, console, args.fallback_layers)
 
 
-def sync_android_assets(out_dir, entries, assets_dir, spec, console) -> None:
+def sync_android_assets(stage, entries, assets_dir, spec, console) -> None:
+    """Write the app's assets all or nothing too: staged in ``assets_dir``, moved in when complete."""
     from spnas.android import sync_assets
+    from spnas.io import check_out_dir
+    from spnas.staging import staged_output
 
     tflite = [e for e in entries if e["format"] == "tflite"]
     chosen = next((e for e in tflite if e["precision"] == "int8"), tflite[0])
-    with console.step(f"syncing Android assets into {assets_dir}"):
-        sync_assets(out_dir / chosen["path"], assets_dir, spec)
+    with console.step(f"syncing Android assets into {assets_dir}"), staged_output(check_out_dir(assets_dir)) as assets:
+        sync_assets(stage / chosen["path"], assets, spec)
 
 
 if __name__ == "__main__":
