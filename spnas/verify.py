@@ -44,6 +44,18 @@ def evaluate(runner, pixels: np.ndarray, reference_logits: np.ndarray, *, thresh
     }
 
 
+class RecordedOutputs:
+    """Logits computed elsewhere (on a phone), gated by ``evaluate`` exactly as a runner's own."""
+
+    def __init__(self, runner, logits: np.ndarray):
+        self.format, self.precision, self.logits = runner.format, runner.precision, logits
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        if len(pixels) != len(self.logits):
+            raise ValueError(f"{len(self.logits)} recorded outputs for {len(pixels)} images")
+        return self.logits
+
+
 TABLE_HEADERS = ["artifact", "format", "precision", "n", "top1", "top5", "SQNR dB", "cosine", "max err", "rel err",
                  "size MB", "gate"]
 

@@ -234,3 +234,47 @@ def test_device_outputs_decode_like_the_host(tmp_path):
     assert logits.tolist() == [[2, 2, 2], [0, 0, 0]]
     with pytest.raises(aihub.SpnasError, match="returned 1 outputs for 2 inputs"):
         aihub.decode_outputs(runner, {"Identity": [np.ones((1, 3))]}, 2)
+
+
+def test_verify_gates_each_device_like_the_host(tflite_artifacts, fixture_weights, imagenet_dir, tmp_path,
+                                                monkeypatch, capsys):
+    """A real int8 .tflite on two fake devices: one returns the host runtime's outputs, one adds noise."""
+    from spnas.cli.verify import main as verify
+
+    install_fake_client(monkeypatch, tmp_path)
+    monkeypatch.setenv("FAKE_QAI_HUB_NOISE", json.dumps({"Google Pixel 8": 40}))
+    artifact = tflite_artifacts["int8"].path
+    out = tmp_path / "parity.json"
+    code = verify([str(artifact), "--weights", str(fixture_weights), "--images", str(imagenet_dir), "--num-calib", "1",
+                   "--num-parity", "12", "--ai-hub", FLEET, "--json", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 1  # the noisy device fails the int8 gate
+    (entry,) = json.loads(out.read_text())["artifacts"]
+    good, noisy = entry["ai_hub"]
+    assert good["device"]["name"] == "Samsung Galaxy S24" and good["passed"] is True
+    assert good["parity"] == entry["parity"]  # same outputs as the host run, so the same figures and gate
+    assert good["gate"]["thresholds"] == entry["gate"]["thresholds"] == {"min_sqnr_db": 22.0, "min_top1": 0.85}
+    assert good["vs_host"]["sqnr_db"] == "inf" and good["vs_host"]["top1_agreement"] == 1.0
+    assert noisy["passed"] is False and any("SQNR" in failure for failure in noisy["gate"]["failures"])
+    assert noisy["vs_host"]["sqnr_db"] < 22.0
+    assert entry["passed"] is False and entry["gate"]["failures"][0].startswith("Google Pixel 8: ")
+    submits = [e for e in hub_log(tmp_path) if e["event"] == "submit"]
+    assert [(e["profile"], e["n_inputs"], e["options"]) for e in submits] == [(False, 12, "--compute_unit cpu")] * 2
+    assert "AI Hub devices" in printed and "Google Pixel 8" in printed
+
+
+def test_verify_reports_a_failed_device_job(tflite_artifacts, fixture_weights, imagenet_dir, tmp_path, monkeypatch,
+                                            capsys):
+    from spnas.cli.verify import main as verify
+
+    install_fake_client(monkeypatch, tmp_path)
+    monkeypatch.setenv("FAKE_QAI_HUB_FAIL", json.dumps({"Google Pixel 8": "Device lost"}))
+    out = tmp_path / "parity.json"
+    code = verify([str(tflite_artifacts["int8"].path), "--weights", str(fixture_weights), "--images",
+                   str(imagenet_dir), "--num-calib", "1", "--num-parity", "4", "--ai-hub", FLEET, "--json", str(out),
+                   "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 2 and "JOB FAILED" in captured.out
+    (entry,) = json.loads(out.read_text())["artifacts"]
+    assert entry["ai_hub"][0]["passed"] is True and "Device lost" in entry["ai_hub"][1]["failure"]
+    assert captured.err.strip().startswith("error: 1 AI Hub job(s) failed") and len(captured.err.splitlines()) == 1

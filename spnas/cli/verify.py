@@ -9,18 +9,21 @@ import argparse
 import sys
 
 from spnas import __version__
-from spnas.cli import add_threshold_arguments
+from spnas.cli import add_ai_hub_arguments, add_threshold_arguments
 
 EPILOG = """\
 examples:
   spnas-verify exports/spnasnet_100_int8.tflite --weights model.safetensors --images val/
   spnas-verify exports/*.onnx exports/*.tflite --json parity.json --markdown parity.md
   spnas-verify exports/spnasnet_100_int8.tflite --explain
+  spnas-verify exports/spnasnet_100_int8.tflite --ai-hub "Samsung Galaxy S24,Google Pixel 8"
 
 Without --images, the held-out parity images listed in the report.json beside the artifact
 are used, so the figures equal the ones spnas-export reported. Default thresholds per
 precision: fp32 relative error <= 1e-5; fp16 SQNR >= 40 dB; int8 top-1 agreement >= 0.85
-and SQNR >= 22 dB (see README, "Parity thresholds").
+and SQNR >= 22 dB (see README, "Parity thresholds"). --ai-hub runs the same images on real
+phones of Qualcomm AI Hub and gates each device's outputs with the same thresholds; a device
+whose job fails exits 2 after the others are reported.
 """
 
 
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", action="store_true", help="int8: per-layer SQNR drift, worst first")
     parser.add_argument("--arm64", action="store_true",
                         help="also run .tflite artifacts on aarch64 LiteRT under qemu emulation")
+    add_ai_hub_arguments(parser, "inference")
     parser.add_argument("--strict", action="store_true", help="random reference weights fail the gate")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -54,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from spnas.cli import ai_hub_misuse
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if misused := ai_hub_misuse(args):
+        parser.error(f"{misused} goes with --ai-hub")
     from spnas.cli import run_cli
 
     return run_cli(lambda: verify(args), args.debug)
@@ -127,6 +136,9 @@ def verify(args: argparse.Namespace) -> int:
         format_of(artifact)
     if args.arm64 and not all(format_of(a) == "tflite" for a in artifacts):
         raise SpnasError("--arm64 runs .tflite artifacts only")
+    from spnas.cli import ai_hub_devices
+
+    devices = ai_hub_devices(args)
     report = load_report_beside(artifacts[0])
     with console.step("loading parity images"):
         images = parity_images(args, report)
@@ -156,6 +168,16 @@ def verify(args: argparse.Namespace) -> int:
                 entry["passed"] = False
                 entry["gate"]["status"] = "failed"
                 entry["gate"]["failures"].append("arm64: " + "; ".join(entry["arm64"]["failures"]))
+        if devices:
+            entry["ai_hub"] = ai_hub_parity(artifact, runner, images.pixels, reference,
+                                            thresholds_for(runner.precision, args), random_weights, devices, args,
+                                            console)
+            failed = [d for d in entry["ai_hub"] if d["passed"] is False]
+            if failed:
+                entry["passed"] = False
+                entry["gate"]["status"] = "failed"
+                entry["gate"]["failures"] += [f"{d['device']['name']}: " + "; ".join(d["gate"]["failures"])
+                                              for d in failed]
         entries.append(entry)
     result = {"spnas_version": __version__, "weights": model.weights_info.to_dict(),
               "images": {"n_images": len(images), "source": str(images.root)}, "artifacts": entries}
@@ -165,11 +187,65 @@ def verify(args: argparse.Namespace) -> int:
             print(f"FAIL {Path(entry['path']).name}: {failure}")
         if "explain" in entry:
             print_explain(entry)
+    if devices:
+        print(device_table(entries))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     if args.markdown:
         atomic_write_text(args.markdown, summary_markdown(entries) + "\n")
+    job_failures = [f"[{d['device']['name']}] {Path(e['path']).name}: {d['failure']}"
+                    for e in entries for d in e.get("ai_hub", []) if "failure" in d]
+    if job_failures:
+        raise SpnasError(f"{len(job_failures)} AI Hub job(s) failed (reported as failed): " + "; ".join(job_failures))
     return 0 if all(entry["passed"] is not False for entry in entries) else 1
+
+
+def ai_hub_parity(artifact, runner, pixels, reference, thresholds, random_weights, devices, args, console) -> list:
+    """Each device's outputs gated against the reference as the host run is, plus their agreement with the host."""
+    from spnas.bench.aihub import device_logits
+    from spnas.parity import compare, to_json_number
+    from spnas.verify import RecordedOutputs, evaluate
+
+    with console.step(f"inference jobs for {artifact.name} on {len(devices)} AI Hub device(s)"):
+        outcomes = device_logits(artifact, runner, pixels, devices, compute_unit=args.compute_unit or "cpu",
+                                 options=args.ai_hub_options, timeout=args.ai_hub_timeout, progress=console.info)
+    host = runner.run(pixels)
+    results = []
+    for outcome in outcomes.values():
+        if "failure" in outcome:
+            results.append({"device": outcome["device"], "passed": None, "failure": outcome["failure"]})
+            continue
+        gated = evaluate(RecordedOutputs(runner, outcome["logits"]), pixels, reference, thresholds=thresholds,
+                         random_weights=random_weights)
+        vs_host = {key: to_json_number(value) for key, value in compare(host, outcome["logits"]).items()}
+        results.append({"device": outcome["device"], "job": outcome["job"], **gated, "vs_host": vs_host})
+    return results
+
+
+def device_table(entries: list[dict]) -> str:
+    """One row per (artifact, device): the gate against the reference and the agreement with the host."""
+    from pathlib import Path
+
+    from spnas.console import format_table
+
+    def number(value, spec):
+        return value if isinstance(value, str) else format(value, spec)
+
+    rows = []
+    for entry in entries:
+        for device in entry.get("ai_hub", []):
+            name = [Path(entry["path"]).name, device["device"]["name"]]
+            if "failure" in device:
+                rows.append([*name, "-", "-", "-", "-", "-", "-", "JOB FAILED"])
+                continue
+            parity, host, status = device["parity"], device["vs_host"], device["gate"]["status"]
+            rows.append([*name, str(parity["n_images"]), f"{parity['top1_agreement']:.3f}",
+                         number(parity["sqnr_db"], ".1f"), f"{host['top1_agreement']:.3f}",
+                         number(host["sqnr_db"], ".1f"), f"{host['max_abs_error']:.2e}",
+                         status if device["passed"] is None else status.upper()])
+    return "\nAI Hub devices (gate: same thresholds as the host run):\n" + format_table(
+        ["artifact", "device", "n", "top1 vs ref", "SQNR vs ref", "top1 vs host", "SQNR vs host", "max err vs host",
+         "gate"], rows)
 
 
 def explain(artifact, pixels, model, console) -> list[dict]:
