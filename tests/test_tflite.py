@@ -55,6 +55,37 @@ def test_artifacts_are_named_and_described(artifacts):
     assert int8_io["input"]["scale"] > 0 and -128 <= int8_io["input"]["zero_point"] <= 127
 
 
+def test_every_artifact_carries_standard_metadata_that_mediapipe_reads(tflite, artifacts):
+    """MediaPipe's metadata displayer (its C flatbuffer parser and zip reader) reads it, labels included."""
+    import json
+
+    from mediapipe_metadata import displayer
+
+    from spnas import __version__
+    from spnas.classes import read_class_names
+    from spnas.preprocess import DEFAULT_SPEC
+
+    for precision, artifact in artifacts.items():
+        shown = displayer(artifact.path)
+        metadata = json.loads(shown.get_metadata_json())
+        assert metadata["name"].startswith("SPNasNet-100") and metadata["version"] == __version__
+        assert precision in metadata["description"]
+        (subgraph,) = metadata["subgraph_metadata"]
+        (image,), (output,) = subgraph["input_tensor_metadata"], subgraph["output_tensor_metadata"]
+        properties = image["content"]["content_properties"]
+        assert properties["color_space"] == "RGB"
+        assert properties["default_size"] == {"width": DEFAULT_SPEC.input_size, "height": DEFAULT_SPEC.input_size}
+        (normalization,) = image["process_units"]  # every plain artifact takes normalised values
+        np.testing.assert_allclose(normalization["options"]["mean"], np.array(DEFAULT_SPEC.mean) * 255, rtol=1e-6)
+        np.testing.assert_allclose(normalization["options"]["std"], np.array(DEFAULT_SPEC.std) * 255, rtol=1e-6)
+        assert output["name"] == "logits" and "max" not in output["stats"]
+        (labels,) = output["associated_files"]
+        assert labels["type"] == "TENSOR_AXIS_LABELS" and shown.get_packed_associated_file_list() == [labels["name"]]
+        assert shown.get_associated_file_buffer(labels["name"]).decode().splitlines() == read_class_names()
+        runner = tflite.load(artifact.path)
+        assert runner.precision == precision and runner.metadata["spnas.precision"] == precision  # ours kept
+
+
 def test_int8_graph_is_nhwc_fully_int8_without_transpose(artifacts):
     interpreter, ops, tensors = graph(artifacts["int8"].path)
     op_names = {op["op_name"] for op in ops}

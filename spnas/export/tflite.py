@@ -363,7 +363,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
             content = convert(folded, precision)
             if precision == "fp16":
                 details["quantization"] = {"scheme": "float16 weights, float32 compute"}
-        content = with_metadata(content, artifact_metadata(ctx, precision))
+        content = with_standard_metadata(content, ctx, precision)
         path = Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}"
         with atomic_path(path) as tmp:
             tmp.write_bytes(content)
@@ -372,8 +372,21 @@ def export(ctx: ExportContext) -> list[Artifact]:
     return artifacts
 
 
-def with_metadata(content: bytes, entries: dict[str, str]) -> bytes:
-    """Add named metadata buffers (the flatbuffer's ``metadata`` table) to a TFLite model."""
+def with_standard_metadata(content: bytes, ctx: ExportContext, precision: str, *, probabilities: bool = False) -> bytes:
+    """Our ``spnas.*`` entries, the standard TFLite Metadata and the labels file, on a converted model."""
+    from spnas.export import tflite_metadata
+
+    entries = {**artifact_metadata(ctx, precision),
+               tflite_metadata.BUFFER_NAME: tflite_metadata.describe(ctx, precision, content,
+                                                                     probabilities=probabilities)}
+    return tflite_metadata.with_labels(with_metadata(content, entries), ctx.class_names)
+
+
+def with_metadata(content: bytes, entries: dict[str, str | bytes]) -> bytes:
+    """Add named metadata buffers (the flatbuffer's ``metadata`` table) to a TFLite model.
+
+    Repacks the flatbuffer, so files zipped onto its end are dropped: add them afterwards.
+    """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
@@ -381,7 +394,7 @@ def with_metadata(content: bytes, entries: dict[str, str]) -> bytes:
     model.metadata = [m for m in (model.metadata or []) if m.name.decode() not in entries]
     for name, value in entries.items():
         buffer = schema.BufferT()
-        buffer.data = np.frombuffer(value.encode(), np.uint8)
+        buffer.data = np.frombuffer(value.encode() if isinstance(value, str) else value, np.uint8)
         model.buffers.append(buffer)
         entry = schema.MetadataT()
         entry.name, entry.buffer = name, len(model.buffers) - 1
@@ -462,12 +475,14 @@ class TFLiteRunner(RunnerBase):
     def __init__(self, source, num_threads: int = 1):
         content = source if isinstance(source, bytes) else Path(source).read_bytes()
         self.interpreter = _interpreter(source, num_threads)
-        self.spec = spec_from_metadata(read_metadata(content))
+        self.metadata = read_metadata(content)
+        self.spec = spec_from_metadata(self.metadata)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_dtype = np.dtype(self.input["dtype"])
         weights = [d for d in self.interpreter.get_tensor_details() if np.dtype(d["dtype"]) == np.float16]
-        self.precision = {"int8": "int8", "uint8": "int8"}.get(self.input_dtype.name, "fp16" if weights else "fp32")
+        self.precision = self.metadata.get("spnas.precision") or {"int8": "int8", "uint8": "int8"}.get(
+            self.input_dtype.name, "fp16" if weights else "fp32")
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         return prepare_input(pixels, self.input, self.spec)
