@@ -79,10 +79,18 @@ def test_a_stale_stage_of_a_killed_run_is_removed(tmp_path):
     assert snapshot(out) == before
 
 
-def start_export(out: Path, weights: Path, images: Path, *extra: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([*EXPORT, "--format", "onnx", "--int8", "--weights", str(weights), "--calib", str(images),
-                             "--num-calib", "32", "--num-parity", "2", "--out", str(out), "--quiet", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+@contextlib.contextmanager
+def running_export(out: Path, weights: Path, images: Path, **popen):
+    """A real ONNX int8 export in the background, killed on the way out if a failed assertion left it running."""
+    process = subprocess.Popen([*EXPORT, "--format", "onnx", "--int8", "--weights", str(weights), "--calib",
+                                str(images), "--num-calib", "32", "--num-parity", "2", "--out", str(out), "--quiet"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def wait_for(pattern: str, out: Path, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -97,8 +105,7 @@ def test_ctrl_c_after_an_artifact_is_finished_and_a_second_run_meanwhile(tmp_pat
     """The issue's case: Ctrl-C once the ONNX fp32 file is done; a second export into the same --out meanwhile."""
     out = previous_export(tmp_path / "out")
     before = snapshot(out)
-    first = start_export(out, fixture_weights, imagenet_dir)
-    try:
+    with running_export(out, fixture_weights, imagenet_dir) as first:
         wait_for(f"{STAGE_PREFIX}*", out, first)
         second = subprocess.run([*EXPORT, "--format", "onnx", "--weights", str(fixture_weights), "--out", str(out)],
                                 capture_output=True, text=True, timeout=300)
@@ -108,9 +115,6 @@ def test_ctrl_c_after_an_artifact_is_finished_and_a_second_run_meanwhile(tmp_pat
         wait_for(f"{STAGE_PREFIX}*/spnasnet_100_fp32.onnx", out, first)
         first.send_signal(signal.SIGINT)
         _, stderr = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
     assert first.returncode == 130
     assert one_error_line(stderr) == "error: interrupted (SIGINT); nothing partial was left behind"
     assert snapshot(out) == before
@@ -118,14 +122,10 @@ def test_ctrl_c_after_an_artifact_is_finished_and_a_second_run_meanwhile(tmp_pat
 
 def test_sigterm_exits_143_and_leaves_no_new_folder(tmp_path, fixture_weights, imagenet_dir):
     out = tmp_path / "fresh" / "exports"
-    process = start_export(out, fixture_weights, imagenet_dir)
-    try:
+    with running_export(out, fixture_weights, imagenet_dir) as process:
         wait_for(f"{STAGE_PREFIX}*", out, process)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 143
     assert one_error_line(stderr) == "error: terminated (SIGTERM); nothing partial was left behind"
     assert not out.exists() and list((tmp_path / "fresh").iterdir()) == []
@@ -167,8 +167,8 @@ def test_full_disk_mid_export(tmp_path, fixture_weights, imagenet_dir):
         out = previous_export(disk / "out")
         before = snapshot(out)
         limit = {"preexec_fn": limit_file_size(2 << 20)} if unmountable else {}
-        process = start_export(out, fixture_weights, imagenet_dir, **limit)
-        _, stderr = process.communicate(timeout=600)
+        with running_export(out, fixture_weights, imagenet_dir, **limit) as process:
+            _, stderr = process.communicate(timeout=600)
         why = "File too large (EFBIG)" if unmountable else "No space left on device (ENOSPC)"
         assert process.returncode == 2
         assert one_error_line(stderr) == f"error: cannot write {out}/spnasnet_100_fp32.onnx: {why}; nothing was " \
