@@ -130,7 +130,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, c
     from spnas.images import split_images
     from spnas.io import artifact_size
     from spnas.preprocess import DEFAULT_SPEC
-    from spnas.quantize import load_plan, plan_for
+    from spnas.quantize import load_plan
     from spnas.report import build_report, write_report
     from spnas.verify import evaluate, summary_table, thresholds_for
 
@@ -165,11 +165,9 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, c
         ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
                             out_dir=stage, int8=args.int8, fp16=args.fp16, options=options, progress=console.info,
                             quant_plan=plan)
-        if args.int8 and plan is None:  # once, for every format
-            with console.step(f"int8 plan: ranges and bias correction on {len(calib)} images"):
-                plan = plan_for(ctx)
         with console.step(f"exporting {name}"):
             artifacts = module.export(ctx)
+        plan = ctx.quant_plan  # computed by the first format that lowers it, then shared by the others
         for artifact in artifacts:
             thresholds = thresholds_for(artifact.precision, args)
             with console.step(f"parity of {artifact.path.name} on {len(parity)} held-out images"):

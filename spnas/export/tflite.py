@@ -351,6 +351,8 @@ def export(ctx: ExportContext) -> list[Artifact]:
         if precision == "int8":
             from spnas.quantize import PLAN_FILE, plan_for, save_plan
 
+            if ctx.quant_plan is None:
+                ctx.progress(f"int8 plan: ranges and bias correction on {len(ctx.calibration_pixels)} images")
             plan = plan_for(ctx)
             content = lower(folded, plan, uint8_input=uint8_input, spec=ctx.preprocessing)
             save_plan(plan, ctx.out_dir)
