@@ -202,7 +202,7 @@ def plot_fidelity(records, fidelity_by_name, path: Path, eval_rows) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from spnas import create_model
-    from spnas.bench import plot_latency
+    from spnas.bench.chart import plot_latency
     from spnas.bench.host import BenchTarget, machine_facts, run_host
     from spnas.images import PROTOCOL_CALIB_ROWS, PROTOCOL_EVAL_ROWS, labelled_rows
     from spnas.io import atomic_write_text

@@ -75,32 +75,3 @@ def results_table(records: list[dict]) -> str:
         headers = ["device", *headers, "status"]
     return format_table(headers, rows)
 
-
-def plot_latency(records: list[dict], path, title: str) -> None:
-    """Horizontal bars of the central latency per artifact and thread count, whiskers to p90 (or max);
-    a log axis when the spread is wide."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from spnas.io import atomic_path
-
-    labels = [f"{r['artifact']} ({r['threads']}t)" for r in records]
-    values = [central_ms(r) or 0.0 for r in records]
-    upper = [((r["latency_ms"].get("p90") or r["latency_ms"].get("max") or v) - v) for r, v in zip(records, values,
-                                                                                                  strict=True)]
-    figure, axes = plt.subplots(figsize=(8, 0.45 * len(records) + 1.5))
-    axes.barh(range(len(records)), values, xerr=[[0] * len(records), upper], color="#4c72b0", capsize=3)
-    axes.set_yticks(range(len(records)), labels)
-    axes.invert_yaxis()
-    if max(values) > 20 * max(min(values), 1e-9):  # one slow outlier must not flatten every other bar
-        axes.set_xscale("log")
-    axes.set_xlabel("latency, ms (bar: median, whisker: p90)")
-    axes.set_title(title)
-    for index, (value, whisker) in enumerate(zip(values, upper, strict=True)):
-        axes.text(value + whisker, index, f"  {value:.1f}", va="center", fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120, format="png")
-    plt.close(figure)

@@ -173,7 +173,8 @@ def pixel1(args: argparse.Namespace) -> int:
 
 
 def write_outputs(document: dict, args: argparse.Namespace, title: str) -> None:
-    from spnas.bench import plot_latency, results_table
+    from spnas.bench import results_table
+    from spnas.bench.chart import plot_latency
 
     print(results_table(document["results"]))
     if args.json:
