@@ -85,6 +85,8 @@ tasks.named("preBuild") { dependsOn(checkSpnasAssets) }
 
 tasks.withType<Test>().configureEach {
     systemProperty("spnas.assets", spnasAssets.asFile.absolutePath)
+    // The report `spnas-bench --import` is tested on (BenchmarkReportTest checks this code writes it).
+    systemProperty("spnas.benchExample", rootProject.file("../tests/data/android_app/spnas-bench-android.json").absolutePath)
 }
 
 dependencies {

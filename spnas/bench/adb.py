@@ -332,6 +332,13 @@ def device_peak_mb(memory: dict) -> float | None:
     return None
 
 
+def adb_device_name(facts: dict) -> str:
+    """``"Google Pixel 8"`` from the device facts, with the serial when known so two phones of one model stay
+    apart in a report."""
+    name = " ".join(part for part in (facts.get("manufacturer"), facts.get("model")) if part) or "Android device"
+    return f"{name} ({facts['serial']})" if facts.get("serial") else name
+
+
 def precision_from_name(name: str) -> str:
     """spnas artifacts are named ``spnasnet_100_<precision>.tflite`` (or ``.onnx``); other files are "unknown"."""
     match = re.search(r"_(fp32|fp16|int8)\.(tflite|onnx)$", name)

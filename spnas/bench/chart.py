@@ -82,6 +82,7 @@ def plot_latency(records: list[dict], path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import ticker
+    from matplotlib.patches import Patch
 
     from spnas.io import atomic_path
 
@@ -99,12 +100,13 @@ def plot_latency(records: list[dict], path, title: str) -> None:
     figure, axes = plt.subplots(figsize=(9, max(2.5, 0.28 * y + 1.2)))
     colours = plt.get_cmap("tab10" if n_series <= 10 else "tab20")
     floor = min((v for row in layout.values for v in row if v), default=1.0)
+    legend = []
     for s, label in enumerate(layout.series):
         drawn = [(positions[s, g], v, w) for g, (v, w) in enumerate(zip(layout.values[s], layout.whiskers[s],
                                                                          strict=True)) if v]
         axes.barh([p for p, _, _ in drawn], [v for _, v, _ in drawn], height=0.85, color=colours(s % 20),
-                  xerr=[[0] * len(drawn), [w - v for _, v, w in drawn]], capsize=2, error_kw={"elinewidth": 0.8},
-                  label=label if drawn else f"{label} (failed)")
+                  xerr=[[0] * len(drawn), [w - v for _, v, w in drawn]], capsize=2, error_kw={"elinewidth": 0.8})
+        legend.append(Patch(facecolor=colours(s % 20), label=label if drawn else f"{label} (failed)"))
         for position, value, whisker in drawn:
             axes.text(whisker, position, f" {value:.1f}", va="center", fontsize=7)
         for g, failed in enumerate(layout.failed[s]):
@@ -121,7 +123,7 @@ def plot_latency(records: list[dict], path, title: str) -> None:
     axes.set_xlabel("latency, ms (bar: median, whisker: p90 or max)" + (", log scale" if layout.log_scale else ""))
     axes.set_title(title)
     axes.grid(axis="x", alpha=0.3)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
+    axes.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
                 title="device · threads · unit", title_fontsize=8)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=120, format="png", bbox_inches="tight")

@@ -15,6 +15,7 @@ examples:
   spnas-bench --target pixel1
   spnas-bench --adb --benchmark-binary android_aarch64_benchmark_model --taskset f0 exports/spnasnet_100_int8.tflite
   spnas-bench --ai-hub "Samsung Galaxy S24,Google Pixel 8" exports/*.tflite --json fleet.json --plot fleet.png
+  spnas-bench --import host.json fleet.json spnas-bench-android.json --json all.json --plot all.png
 
 Host mode times only the runtime call (LiteRT with XNNPACK for .tflite, ONNX Runtime for .onnx,
 ExecuTorch with XNNPACK for .pte, PyTorch eager for the pseudo-artifact "pytorch"), each artifact in
@@ -27,6 +28,10 @@ found through --lut, $SPNAS_PIXEL1_LUT or ../shared/data.
 and runs it there.
 --ai-hub profiles the artifacts on Qualcomm AI Hub's hosted phones through the qai-hub client
 (pip install 'spnas[hub]'; the token is the client's own: `qai-hub configure --api_token TOKEN`).
+--import reads reports written elsewhere (spnas-bench's own --json, the Android demo app's JSON, e.g.
+from Firebase Test Lab) into one table, JSON and chart; it needs no device and no network.
+--plot draws one chart across devices, formats and precisions: a group per format + precision, a
+bar per device / thread count / compute unit.
 Exit codes: 0 success, 2 usage or input error, or a device whose job failed (the others are still
 reported and written).
 """
@@ -57,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help='checkpoint for the "pytorch" reference (default random: latency does not depend '
                              "on weight values)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--plot", metavar="PNG", help="write a latency chart (needs matplotlib)")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="write one latency chart across devices, formats and precisions (needs matplotlib)")
+    parser.add_argument("--import", dest="imports", nargs="+", metavar="FILE",
+                        help="read reports measured elsewhere (spnas-bench --json, the Android demo app's JSON) "
+                             "into one table, JSON and chart")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"spnas {__version__}")
@@ -82,19 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.warmup < 0 or args.runs < 1 or args.rounds < 1:
         parser.error("--warmup must be >= 0, --runs and --rounds >= 1")
-    if args.target:
-        if args.artifacts or args.adb:
-            parser.error("--target pixel1 takes no artifacts and no --adb (it predicts from the architecture)")
-        return
-    if args.lut:
-        parser.error("--lut goes with --target pixel1")
-    if not args.artifacts:
-        parser.error("give at least one ARTIFACT (or --target pixel1)")
-    if args.adb and not args.benchmark_binary:
-        parser.error("--adb needs --benchmark-binary PATH (LiteRT's benchmark_model for the phone)")
     device_only = [flag for flag, value in (("--serial", args.serial), ("--benchmark-binary", args.benchmark_binary),
                                             ("--taskset", args.taskset), ("--no-xnnpack", not args.use_xnnpack),
                                             ("--benchmark-arg", args.benchmark_arg)) if value]
+    if args.imports:
+        runs = [flag for flag, value in (("ARTIFACT", args.artifacts), ("--target", args.target), ("--adb", args.adb),
+                                         ("--ai-hub", args.ai_hub or args.ai_hub_devices), ("--lut", args.lut),
+                                         *((flag, True) for flag in device_only)) if value]
+        if runs:
+            parser.error(f"--import reads finished reports; it takes no {runs[0]}")
+    elif args.target:
+        if args.artifacts or args.adb:
+            parser.error("--target pixel1 takes no artifacts and no --adb (it predicts from the architecture)")
+        return
+    elif args.lut:
+        parser.error("--lut goes with --target pixel1")
+    elif not args.artifacts:
+        parser.error("give at least one ARTIFACT (or --target pixel1, or --import FILE)")
+    if args.adb and not args.benchmark_binary:
+        parser.error("--adb needs --benchmark-binary PATH (LiteRT's benchmark_model for the phone)")
     if device_only and not args.adb:
         parser.error(f"{device_only[0]} goes with --adb")
     if (args.ai_hub or args.ai_hub_devices) and args.adb:
@@ -118,6 +133,15 @@ def bench(args: argparse.Namespace) -> int:
     console = Console(args.quiet)
     if args.target:
         return pixel1(args)
+    if args.imports:
+        from pathlib import Path
+
+        from spnas.bench.imported import import_reports
+
+        document = import_reports([Path(p) for p in args.imports])
+        devices = {r["device_name"] for r in document["results"]}
+        write_outputs(document, args, f"latency on {len(devices)} device(s), from {len(args.imports)} report(s)")
+        return 0
     if args.ai_hub or args.ai_hub_devices:
         return ai_hub(args)
     if args.adb:
