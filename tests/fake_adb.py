@@ -1,26 +1,39 @@
 """A stand-in for ``adb`` that replays recorded ``benchmark_model`` output and logs what it was asked.
 
 Tests put an ``adb`` wrapper that runs this file first on PATH (``install_fake_adb``).  It behaves
-like a Pixel 1 behind adb: ``get-state``, ``push`` (remembers the remote files), ``shell getprop``,
-the cpufreq loop, ``chmod``, and the benchmark command, which it splits like the device shell
-would and answers with the fixture in ``$FAKE_ADB_OUTPUT`` (exit code ``$FAKE_ADB_EXIT``).  A
-``--graph`` that was never pushed gets benchmark_model's real "Could not open" error.  Every
-invocation is appended to ``$FAKE_ADB_LOG`` as one JSON line: ``{"serial": ..., "args": [...]}``.
+like a Pixel 1 behind adb: ``get-state``, ``push`` (remembers the remote files), the facts loop
+(``getprop`` and cpufreq, answered as the device shell would), ``chmod``, and the benchmark
+command, which it splits like the device shell would and answers with the fixture in
+``$FAKE_ADB_OUTPUT`` (exit code ``$FAKE_ADB_EXIT``).  A ``--graph`` that was never pushed gets
+benchmark_model's real "Could not open" error.  Every invocation is appended to ``$FAKE_ADB_LOG``
+as one JSON line: ``{"serial": ..., "args": [...], "t": ...}``.
+
+Several phones: ``$FAKE_ADB_DEVICES`` maps serials to ``{"state", "model", "output", "exit"}``
+(state as ``adb devices`` prints it, e.g. ``unauthorized``; the benchmark's answer and exit code).
+Then ``adb devices`` lists them, ``-s`` must name one of them (adb's "not found" otherwise), and
+each phone has its own pushed files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import stat
 import sys
+import time
 from pathlib import Path
 
 PIXEL1_PROPS = {"ro.product.model": "Pixel", "ro.product.manufacturer": "Google", "ro.board.platform": "msm8996",
                 "ro.soc.model": "", "ro.product.cpu.abi": "arm64-v8a", "ro.build.version.release": "10",
                 "ro.build.version.sdk": "29"}
 PIXEL1_MAX_FREQ_KHZ = {0: 1593600, 1: 1593600, 2: 2150400, 3: 2150400}
+# What adb (transport.cpp) prints for a listed phone it cannot use.
+STATE_ERRORS = {"unauthorized": "adb: device unauthorized.\nThis adb server's $ADB_VENDOR_KEYS is not set\n"
+                                "Try 'adb kill-server' if that seems wrong.\n"
+                                "Otherwise check for a confirmation dialog on your device.",
+                "offline": "adb: device offline"}
 
 
 def install_fake_adb(directory: Path) -> Path:
@@ -37,36 +50,45 @@ def logged_calls(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def pushed_paths(log: Path) -> set[str]:
-    return {call["args"][2] for call in logged_calls(log) if call["args"][:1] == ["push"]}
+def pushed_paths(log: Path, serial: str | None = None) -> set[str]:
+    return {call["args"][2] for call in logged_calls(log) if call["args"][:1] == ["push"] and call["serial"] == serial}
 
 
-def shell(command: str, log: Path) -> int:
+def phones() -> dict[str | None, dict]:
+    """The configured phones; without ``$FAKE_ADB_DEVICES``, one phone that answers to any serial (key None)."""
+    if "FAKE_ADB_DEVICES" in os.environ:
+        return json.loads(os.environ["FAKE_ADB_DEVICES"])
+    return {None: {"state": os.environ.get("FAKE_ADB_STATE", "device"), "output": os.environ.get("FAKE_ADB_OUTPUT"),
+                   "exit": int(os.environ.get("FAKE_ADB_EXIT", "0"))}}
+
+
+def shell(command: str, log: Path, serial: str | None, phone: dict) -> int:
     words = shlex.split(command)
-    if words[:1] == ["getprop"] and len(words) == 2:
-        print(PIXEL1_PROPS.get(words[1], ""))
-        return 0
-    if "cpuinfo_max_freq" in command:
-        for cpu, khz in PIXEL1_MAX_FREQ_KHZ.items():
-            print(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq {khz}")
+    if props_loop := re.match(r"for p in ([\w. ]+); do echo \"prop \$p=\$\(getprop \$p\)\"; done; ", command):
+        props = {**PIXEL1_PROPS, **({"ro.product.model": phone["model"]} if "model" in phone else {})}
+        for prop in props_loop.group(1).split():  # the device shell's loop: unset props print empty
+            print(f"prop {prop}={props.get(prop, '')}")
+        if "cpuinfo_max_freq" in command:
+            for cpu, khz in PIXEL1_MAX_FREQ_KHZ.items():
+                print(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/cpuinfo_max_freq {khz}")
         return 0
     if words[:1] == ["chmod"]:
-        return 0 if words[-1] in pushed_paths(log) else 1
+        return 0 if words[-1] in pushed_paths(log, serial) else 1
     if words[:1] == ["taskset"]:
         words = words[2:]
     if words and words[-1] == "2>&1":
         words = words[:-1]
     graphs = [word.split("=", 1)[1] for word in words if word.startswith("--graph=")]
-    if not words or words[0] not in pushed_paths(log) or len(graphs) != 1:
+    if not words or words[0] not in pushed_paths(log, serial) or len(graphs) != 1:
         print(f"/system/bin/sh: {words[0] if words else command}: inaccessible or not found")
         return 127
-    if graphs[0] not in pushed_paths(log):
+    if graphs[0] not in pushed_paths(log, serial):
         print("INFO: STARTING!")
         print(f"ERROR: Could not open '{graphs[0]}'.")
         print(f"ERROR: Failed to mmap model {graphs[0]}")
         return 1
-    sys.stdout.write(Path(os.environ["FAKE_ADB_OUTPUT"]).read_text())
-    return int(os.environ.get("FAKE_ADB_EXIT", "0"))
+    sys.stdout.write(Path(phone["output"]).read_text())
+    return int(phone.get("exit", 0))
 
 
 def main(argv: list[str]) -> int:
@@ -75,10 +97,20 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["-s"]:
         serial, argv = argv[1], argv[2:]
     with log.open("a") as handle:
-        handle.write(json.dumps({"serial": serial, "args": argv}) + "\n")
-    state = os.environ.get("FAKE_ADB_STATE", "device")
-    if state != "device":
-        print(f"error: {state}", file=sys.stderr)
+        handle.write(json.dumps({"serial": serial, "args": argv, "t": time.time()}) + "\n")
+    configured = phones()
+    if argv == ["devices"]:
+        print("List of devices attached")
+        for name, phone in configured.items():
+            print(f"{name or 'FA6A10301234'}\t{phone['state']}")
+        print()
+        return 0
+    phone = configured[None] if None in configured else configured.get(serial)
+    if phone is None:
+        print(f"adb: device '{serial}' not found", file=sys.stderr)
+        return 1
+    if phone["state"] != "device":
+        print(f"error: {phone['state']}" if None in configured else STATE_ERRORS[phone["state"]], file=sys.stderr)
         return 1
     if argv[:1] == ["get-state"]:
         print("device")
@@ -90,7 +122,7 @@ def main(argv: list[str]) -> int:
         print(f"{argv[1]}: 1 file pushed, 0 skipped. 38.1 MB/s ({Path(argv[1]).stat().st_size} bytes in 0.002s)")
         return 0
     if argv[:1] == ["shell"] and len(argv) == 2:
-        return shell(argv[1], log)
+        return shell(argv[1], log, serial, phone)
     print(f"fake adb: unsupported command {argv}", file=sys.stderr)
     return 1
 

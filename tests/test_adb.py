@@ -151,7 +151,8 @@ def test_commands_sent_to_the_device(fake_adb):
     assert [Path(p[1]).name for p in pushes] == ["android_aarch64_benchmark_model", "spnasnet_100_fp32.tflite",
                                                  "spnasnet_100_int8.tflite"]
     shells = [call["args"][1] for call in calls if call["args"][0] == "shell"]
-    assert "getprop ro.product.model" in shells and "getprop ro.build.version.release" in shells
+    assert len([c for c in shells if "getprop" in c]) == 1 and "getprop $p" in shells[0]  # one round trip for facts
+    assert "ro.product.model ro.product.manufacturer ro.board.platform" in shells[0]
     assert "chmod 755 /data/local/tmp/android_aarch64_benchmark_model" in shells
     runs = [shlex.split(command) for command in shells if "--graph=" in command]
     assert runs == [["taskset", "f0", "/data/local/tmp/android_aarch64_benchmark_model",
@@ -210,3 +211,61 @@ def test_usage_errors(fake_adb, tmp_path, capsys):
         main(["--taskset", "f0", str(fake_adb.models[0])])
     assert "--taskset goes with --adb" in capsys.readouterr().err
     assert logged_calls(fake_adb.log) == []  # nothing reached the device
+
+
+def phones(monkeypatch, **configs) -> None:
+    """Several fake phones by serial: a model name, a recorded benchmark_model output, or an adb state."""
+    for config in configs.values():
+        config.setdefault("state", "device")
+        if "output" in config:
+            config["output"] = str(FIXTURES / config["output"])
+    monkeypatch.setenv("FAKE_ADB_DEVICES", json.dumps(configs))
+
+
+def test_all_phones_in_parallel_with_one_failing(fake_adb, monkeypatch, tmp_path, capsys):
+    phones(monkeypatch, A1={"model": "Pixel 8", "output": "current_info_prefix.txt"},
+           B2={"model": "Pixel 7", "output": "litert_compiled_model.txt"},
+           C3={"model": "Pixel 6", "output": "error_missing_model.txt", "exit": 1}, D4={"state": "unauthorized"})
+    model = fake_adb.models[1]
+    code, document = fake_adb("current_info_prefix.txt", "--adb-serial", "all", artifacts=[model])
+    captured = capsys.readouterr()
+    assert code == 2 and document["mode"] == "adb"  # the phones that finished are still written
+    assert document["settings"]["serials"] == ["A1", "B2", "C3"]  # all: the phones listed in state 'device'
+    rows = [(r["device_name"], r["artifact"], r["status"]) for r in document["results"]]
+    assert rows == [("Google Pixel 8 (A1)", model.name, "ok"), ("Google Pixel 7 (B2)", model.name, "ok"),
+                    ("C3", model.name, "failed")]
+    a1, b2, c3 = document["results"]
+    assert a1["output_format"] == "tflite-current" and b2["output_format"] == "litert-compiled-model"
+    assert a1["device"]["model"] == "Pixel 8" and [d["serial"] for d in document["devices"]] == ["A1", "B2"]
+    assert a1["ratio_vs_first"] == b2["ratio_vs_first"] == 1.0  # each phone against itself
+    assert c3["failure"].startswith("benchmark_model failed on spnasnet_100_int8.tflite (exit code 1)")
+    assert c3["latency_ms"]["median"] is None and c3["ratio_vs_first"] is None
+    calls = logged_calls(fake_adb.log)
+    assert calls[0]["serial"] is None and calls[0]["args"] == ["devices"]
+    times = {serial: [c["t"] for c in calls if c["serial"] == serial] for serial in ("A1", "B2")}
+    assert min(times["B2"]) < max(times["A1"]) and min(times["A1"]) < max(times["B2"])  # interleaved: in parallel
+    assert {c["args"][2] for c in calls if c["args"][0] == "push" and c["serial"] == "B2"} == {
+        "/data/local/tmp/android_aarch64_benchmark_model", f"/data/local/tmp/{model.name}"}
+    assert "FAILED" in captured.out and "Google Pixel 7 (B2)" in captured.out
+    assert captured.err.strip().splitlines()[-1].startswith("error: 1 of 3 phone(s) failed (reported as failed): [C3]")
+    from spnas.bench.imported import import_reports
+
+    saved = tmp_path / "phones.json"
+    saved.write_text(json.dumps(document))
+    assert [r["device_name"] for r in import_reports([saved])["results"]] == [row[0] for row in rows]
+
+
+def test_named_phones_that_cannot_be_used(fake_adb, monkeypatch, capsys):
+    phones(monkeypatch, C3={"state": "unauthorized"}, D4={"state": "offline"})
+    assert fake_adb("current_info_prefix.txt", "--adb-serial", "all")[0] == 2
+    assert "adb lists no device in state 'device' (C3 (unauthorized), D4 (offline))" in capsys.readouterr().err
+    assert fake_adb("current_info_prefix.txt", "--adb-serial", "D4,C3,D4") == (2, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == ("error: every phone failed: [D4] adb cannot reach device D4: adb: device "
+                                        "offline (check `adb devices`, or pass --serial); [C3] adb cannot reach device "
+                                        "C3: adb: device unauthorized. (check `adb devices`, or pass --serial)")
+    assert fake_adb("current_info_prefix.txt", "--adb-serial", "Z9")[0] == 2
+    assert "[Z9] adb cannot reach device Z9: adb: device 'Z9' not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--adb-serial", "A1", "--serial", "A1", "--benchmark-binary", "x", "m.tflite"])
+    assert "not both" in capsys.readouterr().err

@@ -37,8 +37,10 @@ REMOTE_DIR = "/data/local/tmp"
 GETPROPS = {"model": "ro.product.model", "manufacturer": "ro.product.manufacturer",
             "board_platform": "ro.board.platform", "soc_model": "ro.soc.model", "abi": "ro.product.cpu.abi",
             "android_release": "ro.build.version.release", "sdk": "ro.build.version.sdk"}
-CPU_MAX_FREQ_SCRIPT = ("for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq; "
-                       "do echo \"$f $(cat \"$f\" 2>/dev/null)\"; done")
+# Every fact in one device shell round trip: "prop NAME=VALUE" lines, then "PATH KHZ" per CPU.
+FACTS_SCRIPT = (f"for p in {' '.join(GETPROPS.values())}; do echo \"prop $p=$(getprop $p)\"; done; "
+                "for f in /sys/devices/system/cpu/cpu[0-9]*/cpufreq/cpuinfo_max_freq; "
+                "do echo \"$f $(cat \"$f\" 2>/dev/null)\"; done")
 TASKSET_MASK = re.compile(r"^(0x)?[0-9a-fA-F]+$")
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf"
@@ -223,7 +225,7 @@ class Adb:
     def check_device(self) -> None:
         state = self.run("get-state", check=False)
         if state.returncode != 0 or state.stdout.strip() != "device":
-            detail = (state.stderr.strip() or state.stdout.strip() or "no device").splitlines()[-1]
+            detail = (state.stderr.strip() or state.stdout.strip() or "no device").splitlines()[0]  # adb's reason
             who = f"device {shlex.quote(self.serial)}" if self.serial else "a device"
             raise SpnasError(f"adb cannot reach {who}: {detail} (check `adb devices`, or pass --serial)")
 
@@ -231,12 +233,13 @@ class Adb:
         self.run("push", str(local), remote)
 
     def facts(self) -> dict:
-        facts = {name: self.shell(f"getprop {prop}", check=False).stdout.strip() or None
-                 for name, prop in GETPROPS.items()}
+        lines = self.shell(FACTS_SCRIPT, check=False).stdout.splitlines()
+        props = dict(line[5:].split("=", 1) for line in lines if line.startswith("prop ") and "=" in line)
+        facts = {name: props.get(prop, "").strip() or None for name, prop in GETPROPS.items()}
         if self.serial:
             facts["serial"] = self.serial
         frequencies = {}
-        for line in self.shell(CPU_MAX_FREQ_SCRIPT, check=False).stdout.splitlines():
+        for line in lines:
             match = re.search(r"/(cpu\d+)/cpufreq/cpuinfo_max_freq\s+(\d+)\s*$", line)
             if match:
                 frequencies[match.group(1)] = int(match.group(2)) / 1000  # kHz -> MHz
@@ -263,6 +266,16 @@ def check_taskset(mask: str | None) -> str | None:
     return mask
 
 
+def check_inputs(artifacts: list[Path], binary: Path, taskset: str | None) -> None:
+    check_taskset(taskset)
+    for artifact in artifacts:
+        if artifact.suffix.lower() != ".tflite" or not artifact.is_file():
+            raise SpnasError(f"{artifact}: --adb runs .tflite files only (and the file must exist)")
+    if not binary.is_file():
+        raise SpnasError(f"--benchmark-binary {binary}: no such file (LiteRT's benchmark_model for the phone's ABI, "
+                         "e.g. android_aarch64_benchmark_model)")
+
+
 def run_adb(artifacts: list[Path], binary: Path, threads_list: list[int], warmup: int, runs: int, *,
             serial: str | None = None, taskset: str | None = None, use_xnnpack: bool = True,
             extra_args: list[str] | None = None, progress=print) -> dict:
@@ -271,13 +284,7 @@ def run_adb(artifacts: list[Path], binary: Path, threads_list: list[int], warmup
     from spnas.bench import add_ratios
     from spnas.io import artifact_size
 
-    check_taskset(taskset)
-    for artifact in artifacts:
-        if artifact.suffix.lower() != ".tflite" or not artifact.is_file():
-            raise SpnasError(f"{artifact}: --adb runs .tflite files only (and the file must exist)")
-    if not binary.is_file():
-        raise SpnasError(f"--benchmark-binary {binary}: no such file (LiteRT's benchmark_model for the phone's ABI, "
-                         "e.g. android_aarch64_benchmark_model)")
+    check_inputs(artifacts, binary, taskset)
     adb = Adb(serial)
     adb.check_device()
     facts = adb.facts()

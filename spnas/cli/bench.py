@@ -14,6 +14,7 @@ examples:
   spnas-bench exports/spnasnet_100_int8.tflite exports/spnasnet_100_int8.onnx pytorch --json bench.json --plot bench.png
   spnas-bench --target pixel1
   spnas-bench --adb --benchmark-binary android_aarch64_benchmark_model --taskset f0 exports/spnasnet_100_int8.tflite
+  spnas-bench --adb-serial all --benchmark-binary android_aarch64_benchmark_model exports/spnasnet_100_int8.tflite
   spnas-bench --ai-hub "Samsung Galaxy S24,Google Pixel 8" exports/*.tflite --json fleet.json --plot fleet.png
   spnas-bench --import host.json fleet.json spnas-bench-android.json --json all.json --plot all.png
 
@@ -25,7 +26,7 @@ the same thread count.
 (pixel1_runtime_model.json from github.com/dstamoulis/single-path-nas, nas-search/, Apache-2.0),
 found through --lut, $SPNAS_PIXEL1_LUT or ../shared/data.
 --adb pushes the models and LiteRT's benchmark_model (your --benchmark-binary) to /data/local/tmp
-and runs it there.
+and runs it there; --adb-serial S1,S2,... (or all) does so on several phones in parallel.
 --ai-hub profiles the artifacts on Qualcomm AI Hub's hosted phones through the qai-hub client
 (pip install 'spnas[hub]'; the token is the client's own: `qai-hub configure --api_token TOKEN`).
 --import reads reports written elsewhere (spnas-bench's own --json, the Android demo app's JSON, e.g.
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     device = parser.add_argument_group("Android phone over adb")
     device.add_argument("--adb", action="store_true", help="run LiteRT's benchmark_model on a connected phone")
     device.add_argument("--serial", metavar="S", help="adb device serial (default: the only device)")
+    device.add_argument("--adb-serial", metavar="S1,S2,...|all",
+                        help="several phones at once, in parallel, one row per phone (all: every phone `adb devices` "
+                             "lists as 'device'); implies --adb")
     device.add_argument("--benchmark-binary", metavar="PATH",
                         help="benchmark_model built for the phone, e.g. android_aarch64_benchmark_model")
     device.add_argument("--taskset", metavar="MASK", help="pin to CPUs with a hex mask, e.g. f0 for big cores")
@@ -89,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.adb_serial is not None:
+        if args.serial:
+            parser.error("give --serial S for one phone or --adb-serial S1,S2,... for several, not both")
+        args.adb = True
     if args.warmup < 0 or args.runs < 1 or args.rounds < 1:
         parser.error("--warmup must be >= 0, --runs and --rounds >= 1")
     device_only = [flag for flag, value in (("--serial", args.serial), ("--benchmark-binary", args.benchmark_binary),
@@ -144,6 +152,8 @@ def bench(args: argparse.Namespace) -> int:
         return 0
     if args.ai_hub or args.ai_hub_devices:
         return ai_hub(args)
+    if args.adb_serial is not None:
+        return adb_fleet(args)
     if args.adb:
         from pathlib import Path
 
@@ -180,6 +190,26 @@ def ai_hub(args: argparse.Namespace) -> int:
     if failed:
         raise SpnasError(f"{len(failed)} of {len(document['results'])} AI Hub job(s) failed (reported as failed): "
                          + "; ".join(f"[{r['device_name']}] {r['artifact']}: {r['failure']}" for r in failed))
+    return 0
+
+
+def adb_fleet(args: argparse.Namespace) -> int:
+    """Every phone in parallel; the phones that finished are reported and written even when others failed."""
+    from pathlib import Path
+
+    from spnas.bench.adb_fleet import resolve_serials, run_adb_fleet
+    from spnas.console import Console
+    from spnas.errors import SpnasError
+
+    document = run_adb_fleet([Path(a) for a in args.artifacts], Path(args.benchmark_binary), args.threads,
+                             args.warmup, args.runs, resolve_serials(args.adb_serial), taskset=args.taskset,
+                             use_xnnpack=args.use_xnnpack, extra_args=args.benchmark_arg,
+                             progress=Console(args.quiet).info)
+    write_outputs(document, args, f"benchmark_model on {len(document['settings']['serials'])} phone(s)")
+    failed = list(dict.fromkeys((r["serial"], r["failure"]) for r in document["results"] if r["status"] == "failed"))
+    if failed:
+        raise SpnasError(f"{len(failed)} of {len(document['settings']['serials'])} phone(s) failed (reported as "
+                         "failed): " + "; ".join(f"[{serial}] {reason}" for serial, reason in failed))
     return 0
 
 
