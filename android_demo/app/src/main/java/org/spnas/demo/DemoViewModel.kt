@@ -12,7 +12,6 @@ import kotlinx.coroutines.flow.asStateFlow
 import kotlinx.coroutines.flow.update
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.withContext
-import org.spnas.demo.core.BenchmarkReport
 import org.spnas.demo.core.BenchmarkResult
 import org.spnas.demo.core.Classification
 import org.spnas.demo.core.ImageOps
@@ -21,7 +20,6 @@ import org.spnas.demo.core.LatencyStats
 import org.spnas.demo.core.ModelInput
 import org.spnas.demo.core.Prediction
 import org.spnas.demo.core.RgbImage
-import java.io.File
 import java.util.concurrent.Executors
 
 data class Settings(val backend: Backend = Backend.CPU, val threads: Int = 2, val runs: Int = 20)
@@ -116,25 +114,11 @@ class DemoViewModel(application: Application) : AndroidViewModel(application) {
                 runCatching {
                     val bundle = assets.getOrThrow()
                     val backend = settings.value.backend
-                    val image = assetManager.open(SpnasAssets.SAMPLE).use(ImageDecoding::decode)
-                    val encoder = InputEncoder(bundle.spec.preprocessing, bundle.spec.input, bundle.spec.inputMode)
-                    lateinit var input: ModelInput
-                    val preprocess = LatencyStats.measure(warmup = 1, runs = PREPROCESS_RUNS) {
-                        input = encoder.encode(ImageOps.resizeAndCrop(image, bundle.spec.preprocessing))
-                    }
-                    val results = ArrayList<BenchmarkResult>()
-                    for (threads in threadCounts) {
-                        _benchmark.update { it.copy(progress = "${backend.label}, $threads thread(s): $warmup warmup + $runs runs") }
-                        val model = classifierFor(bundle, Settings(backend, threads, runs))
-                        model.write(input)
-                        val stats = LatencyStats.measure(warmup, runs) { model.run() }
-                        results.add(BenchmarkResult(bundle.spec.sourceFile, bundle.spec.precision, backend.label, threads,
-                            warmup, stats, preprocess, bundle.spec.modelSizeBytes))
-                    }
-                    val json = BenchmarkReport.toJson(results, DeviceInfo.facts(), "android-demo ${BuildConfig.VERSION_NAME}")
+                    val results = AppBenchmark.measure(assetManager, bundle, backend, threadCounts, warmup, runs,
+                        classifierFor = { threads -> classifierFor(bundle, Settings(backend, threads, runs)) },
+                        progress = { message -> _benchmark.update { it.copy(progress = message) } })
                     val app = getApplication<Application>()
-                    val file = File(app.getExternalFilesDir(null) ?: app.filesDir, "spnas-bench-android.json")
-                    file.writeText(json)
+                    val (json, file) = AppBenchmark.save(results, app.getExternalFilesDir(null) ?: app.filesDir)
                     BenchmarkState(results = results, json = json, savedTo = file.absolutePath, progress = "done")
                 }
             }
