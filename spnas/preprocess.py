@@ -54,6 +54,12 @@ DEFAULT_SPEC = PreprocessSpec()
 
 def resize_and_crop(image, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
     """PIL image -> uint8 (H, W, 3) center crop, as torchvision's Resize + CenterCrop."""
+    image = resize(image, spec)
+    return np.asarray(image.crop(center_crop_box(image.size, spec)), dtype=np.uint8)
+
+
+def resize(image, spec: PreprocessSpec = DEFAULT_SPEC):
+    """PIL image -> RGB PIL image with its short side resized to ``spec.resize_size`` (torchvision's Resize)."""
     from PIL import Image
 
     image = image.convert(spec.channel_order)
@@ -62,11 +68,14 @@ def resize_and_crop(image, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
     new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
     size = (new_short, new_long) if width <= height else (new_long, new_short)
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[spec.interpolation]
-    image = image.resize(size, resample)
+    return image.resize(size, resample)
+
+
+def center_crop_box(size: tuple[int, int], spec: PreprocessSpec = DEFAULT_SPEC) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of torchvision's CenterCrop on a (width, height) image (an app's ROI)."""
     top = int(round((size[1] - spec.input_size) / 2.0))
     left = int(round((size[0] - spec.input_size) / 2.0))
-    image = image.crop((left, top, left + spec.input_size, top + spec.input_size))
-    return np.asarray(image, dtype=np.uint8)
+    return left, top, left + spec.input_size, top + spec.input_size
 
 
 def load_pixels(path: str | Path, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:

@@ -87,7 +87,7 @@ def tflite_artifacts(fixture_model, calib_pixels, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def cli_exports(tmp_path_factory, fixture_weights, imagenet_dir) -> Path:
-    """``spnas-export --format all --int8`` on the fixture weights and real images, run once per session.
+    """``spnas-export --format all --int8 --app mediapipe`` on the fixture weights and real images, once per session.
 
     Shared by the gate tests and every format test that needs an artifact as the CLI writes it
     (ExecuTorch's export is ~30 s, so its tests reuse this run instead of exporting again).
@@ -98,7 +98,7 @@ def cli_exports(tmp_path_factory, fixture_weights, imagenet_dir) -> Path:
     out = tmp_path_factory.mktemp("cli_exports") / "exports"
     command = [sys.executable, "-m", "spnas.cli.export", "--format", "all", "--int8", "--weights",
                str(fixture_weights), "--calib", str(imagenet_dir), "--num-calib", "64", "--num-parity", "20",
-               "--out", str(out)]
+               "--app", "mediapipe", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0, result.stderr

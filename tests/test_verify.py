@@ -46,7 +46,7 @@ def test_good_artifacts_of_every_format_pass(verified):
     assert result.returncode == 0, result.stdout + result.stderr
     entries = json.loads((folder / "parity.json").read_text())["artifacts"]
     expected = [("coreml", "fp16"), ("coreml", "int8"), ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
-                ("tflite", "int8")]
+                ("tflite", "int8"), ("tflite", "fp32"), ("tflite", "int8")]  # plain and --app mediapipe
     if EXECUTORCH_INSTALLED:
         expected += [("executorch", "fp32"), ("executorch", "int8")]
     assert sorted((e["format"], e["precision"]) for e in entries) == sorted(expected)

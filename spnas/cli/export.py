@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     tflite = parser.add_argument_group("TFLite")
     tflite.add_argument("--uint8-input", action="store_true",
                         help="int8 model takes raw uint8 RGB with normalisation folded into the graph")
+    tflite.add_argument("--app", choices=["mediapipe"],
+                        help="also write spnasnet_100_{fp32,int8}_mediapipe.tflite, which MediaPipe Tasks' "
+                             "ImageClassifier loads as is (uint8 RGB in, softmax probabilities out, labels)")
     onnx = parser.add_argument_group("ONNX")
     onnx.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
     onnx.add_argument("--onnx-calibration", choices=["percentile", "minmax", "entropy"], default="percentile",
@@ -80,6 +83,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--num-parity must be at least 1")
     if args.android_assets and args.format not in ("tflite", "all"):
         parser.error("--android-assets needs --format tflite or all")
+    if args.app and args.format not in ("tflite", "all"):
+        parser.error("--app needs --format tflite or all")
     if args.fallback == "auto" and not args.int8:
         parser.error("--fallback auto needs --int8")
     if args.plan and not args.int8:
@@ -157,7 +162,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, c
     from spnas.reference import TorchRunner
 
     reference = TorchRunner(model, spec).run(parity.pixels)
-    options = {k: getattr(args, k) for k in ("uint8_input", "dynamic_batch", "onnx_calibration", "fp32",
+    options = {k: getattr(args, k) for k in ("uint8_input", "app", "dynamic_batch", "onnx_calibration", "fp32",
                                              "image_input", "coreml_int8_mode")}
     entries = []
     plan = load_plan(args.plan) if args.plan else None
@@ -175,8 +180,10 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, c
                                   random_weights=weights.is_random)
             entry = {"format": artifact.format, "precision": artifact.precision,
                      "path": str(Path(artifact.path).relative_to(stage)),
-                     "size_bytes": artifact_size(artifact.path), **result, "details": artifact.details}
-            if args.fallback == "auto" and artifact.precision == "int8" and entry["passed"] is False:
+                     "size_bytes": artifact_size(artifact.path), **artifact.entry, **result,
+                     "details": artifact.details}
+            if (args.fallback == "auto" and artifact.precision == "int8" and entry["passed"] is False
+                    and not artifact.entry.get("app")):  # an app variant is not re-exported by the fallback
                 entry = int8_fallback(module, ctx, entry, parity.pixels, reference, thresholds, args, console)
             entries.append(entry)
     report = build_report(weights=weights, preprocessing=spec, calibration=calib, parity_images=parity,

@@ -60,6 +60,7 @@ class Artifact:
     precision: str
     path: Path
     details: dict[str, Any] = field(default_factory=dict)
+    entry: dict[str, Any] = field(default_factory=dict)  # extra top-level fields of its report.json entry
 
 
 def _imagenet_class_names() -> list[str]:

@@ -33,6 +33,12 @@ re-quantized once, so fidelity matches the default's (protocol: top-1 0.985 / 37
 0.990 / 37.6 dB, one image apart); the output stays int8 with scale/zero point in ``details``.
 Either way the input range is the full range a pixel can produce, not the calibration set's.
 
+MediaPipe app variant (``ctx.options["app"] == "mediapipe"``, CLI ``--app mediapipe``):
+``spnasnet_100_{fp32,int8}_mediapipe.tflite`` beside the plain files, raw uint8 RGB in (fp32: a
+uint8 input CAST to float, then the same in-graph normalisation; int8: the ``--uint8-input``
+lowering of the same plan) and float32 softmax probabilities out (``spnas.export.tflite_mediapipe``).
+Every artifact's report entry says whether MediaPipe's ImageClassifier takes it, in its words.
+
 Per-layer drift for ``spnas-verify --explain``: ``layer_errors(model, calibration_pixels,
 eval_pixels)`` returns, per timm layer name, the int8-vs-float error of that layer alone
 (QuantizationDebugger, float input to each op) and the accumulated error at that point.
@@ -80,11 +86,12 @@ def _tf():
 # ---------------------------------------------------------------- graph
 
 
-def build_graph(folded, *, uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC):
+def build_graph(folded, *, uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC, uint8_dtype: bool = False):
     """A ``tf.function`` NHWC graph of a ``FoldedNet`` for input ``[1, 224, 224, 3]``.
 
     With ``uint8_input`` the function takes raw pixel values (as float32 0..255, quantized to
-    uint8 by the converter) and normalises them in-graph before any padding.
+    uint8 by the converter) and normalises them in-graph before any padding; ``uint8_dtype``
+    makes that input a uint8 tensor cast to float in the graph, for a float model that takes bytes.
     """
     tf = _tf()
     ops = _TfOps(folded)
@@ -94,11 +101,12 @@ def build_graph(folded, *, uint8_input: bool = False, spec: PreprocessSpec = DEF
         norm_weight = (1.0 / (spec.pixel_divisor * std)).reshape(1, 1, 3, 1).astype(np.float32)
         norm_bias = (-mean / std).astype(np.float32)
 
-    @tf.function(input_signature=[tf.TensorSpec([1, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="pixels"
-                                                if uint8_input else "input")])
+    @tf.function(input_signature=[tf.TensorSpec([1, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8 if uint8_dtype else tf.float32,
+                                                name="pixels" if uint8_input else "input")])
     def spnasnet(x):
         if uint8_input:
             with tf.name_scope("normalize"):
+                x = tf.cast(x, tf.float32) if uint8_dtype else x
                 x = tf.nn.bias_add(tf.nn.depthwise_conv2d(x, tf.constant(norm_weight), [1, 1, 1, 1], "VALID"),
                                    tf.constant(norm_bias))
         return folded.walk(x, ops)
@@ -277,14 +285,20 @@ def _quiet_converter():
     """Silence the converter's expected chatter: the "Statistics for quantized inputs" warning
     (inputs are quantized by the I/O types on purpose) and C++ banners on stderr.  Failures
     still surface as the converter's exceptions, which carry the error message."""
+    with warnings.catch_warnings(), quiet_stderr():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        yield
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence C++ log lines written straight to file descriptor 2 (TF's converter, MediaPipe's graph setup)."""
     sys.stderr.flush()
     saved_stderr = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-            os.dup2(devnull, 2)
-            yield
+        os.dup2(devnull, 2)
+        yield
     finally:
         os.dup2(saved_stderr, 2)
         os.close(saved_stderr)
@@ -337,8 +351,8 @@ def _pad_sources(model) -> dict[int, int]:
 
 
 def export(ctx: ExportContext) -> list[Artifact]:
+    """The plain artifacts, and with ``ctx.options["app"] == "mediapipe"`` the MediaPipe variants of fp32 and int8."""
     from spnas import folding
-    from spnas.io import atomic_path
 
     folded = folding.fold_batchnorm(ctx.model)
     precisions = ["fp32"] + (["fp16"] if ctx.fp16 else []) + (["int8"] if ctx.int8 else [])
@@ -346,32 +360,66 @@ def export(ctx: ExportContext) -> list[Artifact]:
     artifacts = []
     for precision in precisions:
         ctx.progress(f"converting {precision} with tf.lite.TFLiteConverter")
-        details = {"converter": f"tf.lite.TFLiteConverter {_tf().__version__} (from_concrete_functions)",
-                   "layout": "NHWC", "input_shape": [1, INPUT_SIZE, INPUT_SIZE, 3]}
+        details = _details()
         if precision == "int8":
-            from spnas.quantize import PLAN_FILE, plan_for, save_plan
-
-            if ctx.quant_plan is None:
-                ctx.progress(f"int8 plan: ranges and bias correction on {len(ctx.calibration_pixels)} images")
-            plan = plan_for(ctx)
-            content = lower(folded, plan, uint8_input=uint8_input, spec=ctx.preprocessing)
-            save_plan(plan, ctx.out_dir)
-            details["quantization"] = {
-                "scheme": "full-integer PTQ: int8 per-channel symmetric weights, int8 activations, int32 bias",
-                "plan": PLAN_FILE, **plan.method, "uint8_input": uint8_input}
-            if plan.float_layers:
-                details["quantization"]["float_layers"] = list(plan.float_layers)
+            content = _int8(ctx, folded, details, uint8_input)
         else:
             content = convert(folded, precision)
             if precision == "fp16":
                 details["quantization"] = {"scheme": "float16 weights, float32 compute"}
-        content = with_standard_metadata(content, ctx, precision)
-        path = Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}"
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(content)
-        details.update(io_details(content))
-        artifacts.append(Artifact(FORMAT, precision, path, details))
+        artifacts.append(_write(ctx, content, precision, details))
+    if ctx.options.get("app") == "mediapipe":
+        for precision in [p for p in precisions if p != "fp16"]:
+            ctx.progress(f"{precision} variant for MediaPipe Tasks (uint8 RGB in, normalisation in the graph, softmax)")
+            details = _details()
+            if precision == "int8":
+                content = _int8(ctx, folded, details, uint8_input=True)
+            else:
+                with _quiet_converter():
+                    content = _converter(build_graph(folded, uint8_input=True, spec=ctx.preprocessing,
+                                                     uint8_dtype=True)).convert()
+            artifacts.append(_write(ctx, content, precision, details, app="mediapipe"))
     return artifacts
+
+
+def _details() -> dict:
+    return {"converter": f"tf.lite.TFLiteConverter {_tf().__version__} (from_concrete_functions)",
+            "layout": "NHWC", "input_shape": [1, INPUT_SIZE, INPUT_SIZE, 3]}
+
+
+def _int8(ctx: ExportContext, folded, details: dict, uint8_input: bool) -> bytes:
+    """Lower the export's int8 plan (computed once, then shared), recording how in ``details``."""
+    from spnas.quantize import PLAN_FILE, plan_for, save_plan
+
+    if ctx.quant_plan is None:
+        ctx.progress(f"int8 plan: ranges and bias correction on {len(ctx.calibration_pixels)} images")
+    plan = plan_for(ctx)
+    content = lower(folded, plan, uint8_input=uint8_input, spec=ctx.preprocessing)
+    save_plan(plan, ctx.out_dir)
+    details["quantization"] = {
+        "scheme": "full-integer PTQ: int8 per-channel symmetric weights, int8 activations, int32 bias",
+        "plan": PLAN_FILE, **plan.method, "uint8_input": uint8_input}
+    if plan.float_layers:
+        details["quantization"]["float_layers"] = list(plan.float_layers)
+    return content
+
+
+def _write(ctx: ExportContext, content: bytes, precision: str, details: dict, app: str | None = None) -> Artifact:
+    """Add the metadata (and for an app variant the softmax), write the file, ask MediaPipe whether it takes it."""
+    from spnas.export import tflite_mediapipe
+    from spnas.io import atomic_path
+
+    if app == "mediapipe":
+        content = tflite_mediapipe.with_softmax(content)
+        details["app"] = "MediaPipe Tasks ImageClassifier: raw uint8 RGB crop in, float32 softmax probabilities out"
+    content = with_standard_metadata(content, ctx, precision, probabilities=app is not None)
+    path = Path(ctx.out_dir) / f"spnasnet_100_{precision}{'_' + app if app else ''}{SUFFIX}"
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(content)
+    details.update(io_details(content))
+    compatible, reason = tflite_mediapipe.verdict(content, ctx.calibration_pixels[0])
+    return Artifact(FORMAT, precision, path, details,
+                    entry={"app": app, "mediapipe": compatible, "mediapipe_reason": reason})
 
 
 def with_standard_metadata(content: bytes, ctx: ExportContext, precision: str, *, probabilities: bool = False) -> bytes:
@@ -475,9 +523,14 @@ class TFLiteRunner(RunnerBase):
     format = FORMAT
 
     def __init__(self, source, num_threads: int = 1):
+        from spnas.export.tflite_mediapipe import logits_view, softmax_input
+
         content = source if isinstance(source, bytes) else Path(source).read_bytes()
-        self.interpreter = _interpreter(source, num_threads)
+        self.interpreter = _interpreter(source, num_threads)  # first: a broken file fails here in one line
         self.metadata = read_metadata(content)
+        # A softmax-output model (the MediaPipe variant) is gated on the logits the softmax takes.
+        if softmax_input(content) is not None:
+            self.interpreter = _interpreter(logits_view(content), num_threads)
         self.spec = spec_from_metadata(self.metadata)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
