@@ -20,7 +20,9 @@ the Neural Engine, GPU or CPU (which may accumulate in float16 or fuse ops).
 **Coverage.**  Exactly the ops spnas' graphs contain: ``const``,
 ``constexpr_affine_dequantize``, ``cast``, ``conv`` (groups 1 or depthwise; custom or
 valid padding), ``relu``, ``add``, ``sub`` and ``mul`` (these two from the image-input
-normalisation), ``reduce_mean``, ``reshape``, ``linear``, ``quantize``, ``dequantize``.
+normalisation), ``reduce_mean``, ``reshape``, ``linear``, ``quantize``, ``dequantize``, and the
+classifier's ``softmax`` and ``classify`` (``ct.ClassifierConfig``: the top class name, and a
+dict of class name -> probability in float64, as Core ML returns them).
 An unknown op fails, by name, when the package is opened; an unsupported dtype or op
 option fails, by name, when it is met.
 """
@@ -221,6 +223,20 @@ def op_linear(x, weight, bias=None):
     return out if bias is None else out + _to_f32(bias)
 
 
+def op_softmax(x, axis):
+    x = _to_f32(x)
+    e = np.exp(x - x.max(axis=int(axis), keepdims=True))
+    return e / e.sum(axis=int(axis), keepdims=True)
+
+
+def op_classify(probabilities, classes):
+    """(top class, {class: probability}) of a batch-1 probability tensor, Core ML's classifier outputs."""
+    scores = np.asarray(probabilities, np.float64).reshape(-1)
+    if len(classes) != scores.size:
+        raise SpnasError(f"MIL classify: {len(classes)} classes for {scores.size} probabilities")
+    return classes[int(np.argmax(scores))], dict(zip(classes, scores.tolist(), strict=True))
+
+
 def op_conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilations=None, groups=1):
     """2-D NCHW convolution: im2col + one matmul for groups == 1, shifted multiply-adds for depthwise."""
     if x.ndim != 4:
@@ -261,7 +277,7 @@ def op_conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dila
 KERNELS = {
     "cast": op_cast, "conv": op_conv, "relu": op_relu, "add": op_add, "sub": op_sub, "mul": op_mul,
     "reduce_mean": op_reduce_mean, "reshape": op_reshape, "linear": op_linear, "quantize": op_quantize,
-    "dequantize": op_dequantize,
+    "dequantize": op_dequantize, "softmax": op_softmax, "classify": op_classify,
 }
 CONSTEXPR_KERNELS = {"constexpr_affine_dequantize": op_constexpr_affine_dequantize}
 
@@ -303,6 +319,8 @@ class MilProgram:
 
     def _tensor_type(self, value_type) -> TensorType:
         kind = value_type.WhichOneof("type")
+        if kind in ("listType", "dictionaryType"):  # the classifier's class list and probability dict
+            return TensorType(list if kind == "listType" else dict, ())
         if kind != "tensorType":
             raise SpnasError(f"{self.package}: MIL value of type {kind!r} is not supported by spnas.mil_eval")
         tensor = value_type.tensorType
@@ -318,6 +336,8 @@ class MilProgram:
     def _value(self, value) -> np.ndarray | str:
         tensor_type = self._tensor_type(value.type)
         kind = value.WhichOneof("value")
+        if tensor_type.dtype is list and kind == "immediateValue":
+            return [self._value(item) for item in value.immediateValue.list.values]
         if kind == "blobFileValue":
             return self._blob(value.blobFileValue.fileName).read(value.blobFileValue.offset, tensor_type)
         if kind != "immediateValue":
@@ -366,6 +386,10 @@ class MilProgram:
             result = kernel(**arguments)
         except TypeError as exc:  # an input the kernel does not know
             raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r}: unsupported inputs ({exc})") from exc
+        if op.type == "classify":  # a class name and a dict, not tensors
+            for (output_name, _), value in zip(op.outputs, result, strict=True):
+                env[output_name] = value
+            return
         (output_name, output_type), = op.outputs
         result = np.asarray(result).astype(output_type.dtype, copy=False)
         expected = output_type.shape

@@ -82,7 +82,41 @@ def test_metadata_carries_preprocessing_and_class_labels(default_artifacts):
     labels = json.loads(metadata["spnas.class_labels"])
     assert len(labels) == 1000 and labels[0] == "tench"
     assert metadata["spnas.precision"] == "fp16" and metadata["spnas.input"] == "tensor"
-    assert [output.name for output in spec.description.output] == ["logits"]
+
+
+def test_every_package_is_a_classifier_with_the_class_names(default_artifacts, variant_artifacts):
+    """What Xcode and Vision read: the predicted feature, the probabilities dict, the labels in the classify op."""
+    from spnas.classes import read_class_names
+    from spnas.mil_eval import read_spec
+
+    for artifact in [*default_artifacts.values(), *variant_artifacts.values()]:
+        description = read_spec(artifact.path).description
+        assert [output.name for output in description.output] == ["classLabel", "classLabel_probs", "logits"]
+        assert description.predictedFeatureName == "classLabel"
+        assert description.predictedProbabilitiesName == "classLabel_probs"
+        assert description.output[1].type.WhichOneof("Type") == "dictionaryType"
+        (classify,) = [op for op in mil_spec(artifact.path).operations if op.type == "classify"]
+        labels = [item.immediateValue.tensor.strings.values[0]
+                  for item in classify.inputs["classes"].arguments[0].value.immediateValue.list.values]
+        assert labels == read_class_names()
+
+
+def test_mil_eval_runs_the_classifier_outputs(default_artifacts, parity_pixels, reference_logits):
+    """classLabel is the reference's top class and classLabel_probs the softmax of the program's logits
+    (fp16 softmax: within 1e-3, a few fp16 steps of a probability below 1)."""
+    from spnas.classes import read_class_names
+    from spnas.mil_eval import MilProgram
+    from spnas.preprocess import normalize
+
+    names = read_class_names()
+    program = MilProgram(default_artifacts["fp16"].path)
+    for i in range(3):
+        outputs = program.run({"input": normalize(parity_pixels[i:i + 1], DEFAULT_SPEC)})
+        logits = outputs["logits"][0].astype(np.float64)
+        expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert outputs["classLabel"] == names[int(np.argmax(reference_logits[i]))]
+        probabilities = np.array([outputs["classLabel_probs"][name] for name in names])
+        np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-3)
 
 
 def test_fp16_package_is_float16_and_matches_reference(default_artifacts, default_metrics):

@@ -10,9 +10,14 @@ so one app requirement covers both.
 ``spnas.preprocess`` does.  With ``image_input`` it is an RGB ``ct.ImageType`` named
 ``image`` (an app passes a 224x224 ``CVPixelBuffer``): ``scale`` 1/255, bias 0, then
 ImageNet mean/std per channel inside the graph, because ImageType's scale is one scalar
-and timm's std is per channel.  Output: float32 ``logits`` ``(1, 1000)``.  Metadata
-(``user_defined_metadata``) holds the preprocessing spec (``spnas.preprocessing``), the
-1000 class labels (``spnas.class_labels``), the precision and the int8 variant.
+and timm's std is per channel.
+
+**Output.**  Every package is a classifier (``ct.ClassifierConfig`` with ``ctx.class_names``), so
+Xcode shows its classes and Vision returns ``VNClassificationObservation``s: ``classLabel``
+(the top class) and ``classLabel_probs`` (class name -> softmax probability), plus the float32
+``logits`` ``(1, num_classes)`` they come from, which the runners return and parity gates.
+Metadata (``user_defined_metadata``) holds the preprocessing spec (``spnas.preprocessing``),
+the class labels (``spnas.class_labels``), the precision and the int8 variant.
 
 **int8** (``--int8``), ``coreml_int8_mode``:
 
@@ -46,7 +51,6 @@ from pathlib import Path
 
 import numpy as np
 
-from spnas.classes import read_class_names
 from spnas.errors import SpnasError
 from spnas.export import Artifact, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.io import atomic_path
@@ -60,6 +64,8 @@ SUFFIX = ".mlpackage"
 DEPLOYMENT_TARGET = "iOS17"
 INT8_MODES = ("w8a8", "w8")
 INPUT_NAME, IMAGE_INPUT_NAME, OUTPUT_NAME = "input", "image", "logits"
+PROBABILITIES_NAME = "probabilities"  # the softmax that ct.ClassifierConfig turns into classLabel + classLabel_probs
+LABEL_NAME = "classLabel"
 BUGGY_PASSES = ("common::int_op_canonicalization",)
 ACTIVATION_OBSERVER = "min_max"
 CALIBRATION_BATCH = 16
@@ -84,6 +90,22 @@ def _with_normalization(model, spec: PreprocessSpec):
     return Normalized().eval()
 
 
+def _with_softmax(model):
+    """``(logits, softmax(logits))``: logits stay an output (parity gates them), the softmax feeds the classifier."""
+    import torch
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            logits = self.model(x)
+            return logits, torch.softmax(logits, dim=1)
+
+    return Classifier().eval()
+
+
 def export(ctx) -> list[Artifact]:
     mode = ctx.options.get("coreml_int8_mode") or "w8a8"
     if mode not in INT8_MODES:
@@ -94,11 +116,12 @@ def export(ctx) -> list[Artifact]:
     common = {"converter": f"coremltools {ct.__version__} ct.convert (torch.jit.trace -> mlprogram)",
               "deployment_target": f"{DEPLOYMENT_TARGET} (macOS14, tvOS17, watchOS10)",
               "compute_precision": compute, "input": _input_details(image_input, ctx.preprocessing),
-              "output": f"{OUTPUT_NAME}: float32 (1, 1000)",
+              "output": {OUTPUT_NAME: f"float32 (1, {len(ctx.class_names)})", LABEL_NAME: "string, the top class",
+                         f"{LABEL_NAME}_probs": "dictionary class name -> softmax probability"},
               "linux_check": "spnas.mil_eval: program semantics as written, not Apple runtime numerics"}
 
     ctx.progress(f"converting to a CoreML ML program ({compute})")
-    float_model = _convert(ct, ctx.model, ctx.preprocessing, image_input, compute)
+    float_model = _convert(ct, ctx.model, ctx.preprocessing, image_input, compute, ctx.class_names)
     artifacts = [_save(float_model, ctx, compute, dict(common))]
     if not ctx.int8:
         return artifacts
@@ -111,7 +134,7 @@ def export(ctx) -> list[Artifact]:
         ctx.progress(f"calibrating W8A8 activations on {len(ctx.calibration_pixels)} images (LinearQuantizer, PTQ)")
         calibrated = _calibrated_w8a8(ctx.model, ctx.calibration_pixels, ctx.preprocessing)
         ctx.progress("converting the calibrated model to a CoreML ML program (int8)")
-        int8_model = _convert(ct, calibrated, ctx.preprocessing, image_input, compute)
+        int8_model = _convert(ct, calibrated, ctx.preprocessing, image_input, compute, ctx.class_names)
         variant = {"int8_variant": "w8a8",
                    "quantizer": "coremltools.optimize.torch LinearQuantizer, post-training (observers only)",
                    "weights": "int8 symmetric per-channel (constexpr_affine_dequantize)",
@@ -131,10 +154,17 @@ def _input_details(image_input: bool, spec: PreprocessSpec) -> dict:
     return {"name": INPUT_NAME, "type": "float32 (1, 3, 224, 224) NCHW", "normalisation": "(pixel / 255 - mean) / std"}
 
 
-def _convert(ct, model, spec: PreprocessSpec, image_input: bool, compute: str):
+def _convert(ct, model, spec: PreprocessSpec, image_input: bool, compute: str, class_names: list[str]):
+    """An ML program classifier: ``classLabel`` and ``classLabel_probs`` (ct.ClassifierConfig) and ``logits``.
+
+    coremltools 9.0 cannot convert a classifier that keeps a second output at fp16 (its fp16 pass
+    records the two pre-classifier output types, then indexes them for the three outputs after
+    ``classify``: IndexError), so the torch model is converted to a MIL program first, with every
+    pass, and that program, with the recorded output types cleared, to a classifier without passes.
+    """
     import torch
 
-    module = _with_normalization(model, spec) if image_input else model.eval()
+    module = _with_softmax(_with_normalization(model, spec) if image_input else model.eval())
     example = torch.zeros(1, 3, spec.input_size, spec.input_size)
     shape = tuple(example.shape)
     if image_input:
@@ -144,15 +174,22 @@ def _convert(ct, model, spec: PreprocessSpec, image_input: bool, compute: str):
         inputs = [ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)]
     pipeline = ct.PassPipeline.DEFAULT
     pipeline.remove_passes(list(BUGGY_PASSES))
+    target = getattr(ct.target, DEPLOYMENT_TARGET)
     with warnings.catch_warnings():
         for message in NOISY_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
         with torch.no_grad():
             traced = torch.jit.trace(module, example)
-        return ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
-                          convert_to="mlprogram", minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
-                          compute_precision=ct.precision.FLOAT32 if compute == "fp32" else ct.precision.FLOAT16,
-                          pass_pipeline=pipeline)
+        program = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32),
+                                                             ct.TensorType(name=PROBABILITIES_NAME, dtype=np.float32)],
+                             convert_to="milinternal", minimum_deployment_target=target,
+                             compute_precision=ct.precision.FLOAT32 if compute == "fp32" else ct.precision.FLOAT16,
+                             pass_pipeline=pipeline)
+        program.functions["main"].set_output_types(None)
+        classifier = ct.ClassifierConfig(list(class_names), predicted_feature_name=LABEL_NAME,
+                                         predicted_probabilities_output=PROBABILITIES_NAME)
+        return ct.convert(program, classifier_config=classifier, convert_to="mlprogram",
+                          minimum_deployment_target=target, pass_pipeline=ct.PassPipeline.EMPTY)
 
 
 def _quantize_weights(ct, float_model):
@@ -200,17 +237,20 @@ def _save(mlmodel, ctx, precision: str, details: dict) -> Artifact:
     from spnas import __version__
 
     image_input = details["input"]["name"] == IMAGE_INPUT_NAME
-    mlmodel.short_description = "SPNasNet-100 (timm spnasnet_100) ImageNet-1k classifier; output: logits"
+    mlmodel.short_description = (f"SPNasNet-100 (timm spnasnet_100) classifier over {len(ctx.class_names)} classes; "
+                                 "outputs: classLabel, classLabel_probs, logits")
     mlmodel.version = __version__
     input_name = IMAGE_INPUT_NAME if image_input else INPUT_NAME
     mlmodel.input_description[input_name] = (
         "RGB 224x224 center crop (resize short side to 256 bilinear, crop 224)" if image_input
         else "float32 NCHW RGB 224x224 crop, (pixel / 255 - mean) / std; see spnas.preprocessing")
-    mlmodel.output_description[OUTPUT_NAME] = "ImageNet-1k logits; names in spnas.class_labels"
+    mlmodel.output_description[OUTPUT_NAME] = "class logits, in the order of the classifier's labels"
+    mlmodel.output_description[LABEL_NAME] = "the most probable class"
+    mlmodel.output_description[f"{LABEL_NAME}_probs"] = "softmax probability of every class, by name"
     metadata = mlmodel.user_defined_metadata
     metadata.update(artifact_metadata(ctx, precision))
     metadata["spnas.input"] = "image" if image_input else "tensor"
-    metadata["spnas.class_labels"] = json.dumps(read_class_names())
+    metadata["spnas.class_labels"] = json.dumps(list(ctx.class_names))
     metadata["spnas.details"] = json.dumps(details)
     path = Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}"
     with atomic_path(path) as tmp:
