@@ -128,6 +128,25 @@ def test_metadata_round_trips(artifacts, fixture_model):
     assert scheme["calibration"] == "percentile" and scheme["per_channel"] is True
 
 
+def test_onnxruntime_modelmeta_shows_labels_and_preprocessing(artifacts):
+    """What ``InferenceSession.get_modelmeta()`` (and Netron) show an app developer."""
+    import onnxruntime as ort
+
+    from spnas import __version__
+    from spnas.classes import read_class_names
+
+    for precision, artifact in artifacts.items():
+        meta = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"]).get_modelmeta()
+        assert meta.producer_name == "spnas" and meta.graph_name == "spnasnet_100"
+        major, minor, patch = (int(part) for part in __version__.split(".")[:3])
+        assert meta.version == major * 10000 + minor * 100 + patch  # model_version encodes the spnas version
+        assert precision in meta.description and "center crop 224" in meta.description
+        assert "subtract mean [0.485, 0.456, 0.406]" in meta.description and "logits" in meta.description
+        custom = meta.custom_metadata_map
+        assert json.loads(custom["spnas.class_names"]) == read_class_names()
+        assert PreprocessSpec.from_dict(json.loads(custom["spnas.preprocessing"])) == DEFAULT_SPEC
+
+
 def test_runner_uses_the_spec_stored_in_the_model(artifacts, parity_pixels):
     """A model exported with another normalisation is fed with that normalisation, not the default."""
     model = onnx.load(str(artifacts["fp32"].path))

@@ -14,8 +14,10 @@ spec stored in the metadata.  Output ``logits``: float32 ``(N, 1000)``.  The int
 same float input and output: it quantizes its input itself (QDQ), so apps feed both alike.
 
 **Metadata** (``metadata_props``): ``spnas.preprocessing`` (JSON ``PreprocessSpec``),
-``spnas.num_classes``, ``spnas.weights`` (JSON source + sha256), ``spnas.input``, ``spnas.precision``
-and, for int8, ``spnas.int8_scheme``.
+``spnas.num_classes``, ``spnas.class_names`` (JSON list), ``spnas.weights`` (JSON source + sha256),
+``spnas.input``, ``spnas.precision`` and, for int8, ``spnas.int8_scheme``; ``producer_name`` spnas,
+``producer_version``, ``model_version``, graph name ``spnasnet_100`` and a ``doc_string`` describing
+input, preprocessing and output, so Netron and ``InferenceSession.get_modelmeta()`` show them.
 
 **int8** (measured in ``benchmarks/onnx_int8.py``, figures in ``benchmarks/results/onnx_int8.json``):
 ``quant_pre_process`` then ``quantize_static`` with QDQ, **uint8 activations / int8 per-channel
@@ -132,14 +134,30 @@ def export_float(model, *, dynamic_batch: bool = False):
 
 
 def set_metadata(proto, ctx: ExportContext, precision: str, extra: dict | None = None) -> None:
-    """Write the facts an app needs (preprocessing, classes, weights) into ``metadata_props``."""
-    values = {**artifact_metadata(ctx, precision), "spnas.input": INPUT_DOC, **(extra or {})}
+    """Write the facts an app needs into the model: ``metadata_props`` (preprocessing, class names, weights),
+    producer, version, graph name and a ``doc_string`` saying what goes in and comes out, which
+    Netron and ONNX Runtime's ``get_modelmeta()`` show."""
+    from spnas import __version__
+
+    values = {**artifact_metadata(ctx, precision), "spnas.input": INPUT_DOC,
+              "spnas.class_names": json.dumps(list(ctx.class_names)), **(extra or {})}
     kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in values]
     del proto.metadata_props[:]
     for key, value in [*kept, *values.items()]:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = "SPNasNet-100 (timm spnasnet_100) exported by spnas. " + INPUT_DOC
+    proto.producer_name, proto.producer_version = "spnas", __version__
+    major, minor, patch = (int(part) for part in __version__.split(".")[:3])
+    proto.model_version = major * 10000 + minor * 100 + patch  # an int64: 0.1.0 -> 100
+    proto.graph.name = "spnasnet_100"
+    spec = ctx.preprocessing
+    proto.doc_string = (
+        f"SPNasNet-100 (timm spnasnet_100) image classifier over {len(ctx.class_names)} classes, {precision}, "
+        f"exported by spnas {__version__}. Input '{INPUT_NAME}': float32 NCHW (N, 3, {spec.input_size}, "
+        f"{spec.input_size}) RGB. Preprocessing: resize the short side to {spec.resize_size} ({spec.interpolation}), "
+        f"center crop {spec.input_size}, divide by {spec.pixel_divisor:g}, subtract mean {list(spec.mean)} and "
+        f"divide by std {list(spec.std)} per channel (spnas.preprocessing). Output '{OUTPUT_NAME}': float32 "
+        f"(N, {len(ctx.class_names)}) logits, softmax for probabilities; class names in spnas.class_names (JSON).")
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
