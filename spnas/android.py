@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spnas.classes import CLASS_NAMES_PATH, read_class_names
+from spnas.classes import read_class_names
 from spnas.errors import SpnasError
 from spnas.images import EMBEDDED_DIR
 from spnas.intake import UnusableImage, open_rgb
@@ -156,8 +156,10 @@ def sha256_bytes(data: bytes) -> str:
 
 def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSpec = DEFAULT_SPEC, *,
                 sample: str | Path = DEFAULT_SAMPLE, sample_short_side: int = SAMPLE_SHORT_SIDE,
-                class_names: str | Path = CLASS_NAMES_PATH, progress: Callable[[str], object] | None = None) -> dict:
+                class_names: list[str] | None = None, progress: Callable[[str], object] | None = None) -> dict:
     """Write the app's assets into ``out_dir`` and return the preprocessing JSON written.
+
+    ``class_names`` (index-ordered) default to ImageNet-1k's.
 
     The golden input is what the host runner (``spnas.export.load_runner``) feeds the model; the
     golden logits come from the LiteRT interpreter on that input.  Each file is written atomically.
@@ -172,7 +174,8 @@ def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSp
                          f"{spec.interpolation}")
     out_dir = ensure_out_dir(out_dir)
     say = progress or (lambda message: None)
-    names = read_class_names(Path(class_names))
+    names = list(class_names) if class_names is not None else read_class_names()
+    names_source = CLASS_NAMES_SOURCE if class_names is None else "the model's own class names (spnas-export)"
     input_facts, output_facts = model_facts(tflite_path)
     size = spec.input_size
     if input_facts["shape"] != [1, size, size, 3] or output_facts["shape"] != [1, len(names)]:
@@ -198,7 +201,7 @@ def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSp
                   "sha256": sha256_bytes(model_bytes), "size_bytes": len(model_bytes)},
         "input": {**input_facts, "layout": "NHWC", "mode": mode},
         "output": {**output_facts, "kind": "logits"},
-        "labels": {"file": LABELS_FILE, "count": len(names), "source": CLASS_NAMES_SOURCE},
+        "labels": {"file": LABELS_FILE, "count": len(names), "source": names_source},
     }
     order = top_k(logits, 6)
     probabilities = softmax(logits)
@@ -232,6 +235,22 @@ def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSp
     return preprocessing
 
 
+def artifact_spec_and_names(tflite_path: str | Path) -> tuple[PreprocessSpec, list[str] | None]:
+    """The preprocessing and class names a ``.tflite`` of ours carries (its labels file; None: ImageNet's)."""
+    from spnas.export import spec_from_metadata
+    from spnas.export.tflite import read_metadata
+    from spnas.export.tflite_metadata import LABELS_FILE as TFLITE_LABELS
+    from spnas.export.tflite_metadata import associated_files
+
+    path = Path(tflite_path)
+    if path.suffix != ".tflite" or not path.is_file():
+        raise SpnasError(f"{path}: not a .tflite file")
+    model_facts(path)  # one line for a file LiteRT cannot load, before its metadata is parsed
+    content = path.read_bytes()
+    labels = associated_files(content).get(TFLITE_LABELS)
+    return spec_from_metadata(read_metadata(content)), labels.decode().splitlines() if labels else None
+
+
 def litert_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -256,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
 
     def body() -> int:
-        written = sync_assets(args.tflite, args.out, DEFAULT_SPEC, sample=args.sample, progress=console.info)
+        spec, names = artifact_spec_and_names(args.tflite)
+        written = sync_assets(args.tflite, args.out, spec, class_names=names, sample=args.sample,
+                              progress=console.info)
         print(f"{args.out}: {written['model']['source_file']} ({written['model']['precision']}, input "
               f"{written['input']['dtype']} {written['input']['mode']}) with labels, preprocessing and golden pair")
         return 0

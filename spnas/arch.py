@@ -29,7 +29,8 @@ SPNASNET_100_ARCH = (
 STEM_SIZE = 32
 NUM_FEATURES = 1280
 BN_EPS = 1e-5
-INPUT_SIZE = 224
+INPUT_SIZE = 224  # the paper's (and the ImageNet checkpoint's) resolution
+MAX_STRIDE = 32  # the last feature map is input / 32: the smallest input the net supports
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,23 @@ from spnas.io import atomic_write_text
 
 
 def build_report(*, weights, preprocessing, calibration, parity_images, artifacts: list[dict],
-                 warnings: list[str]) -> dict:
-    """Assemble the report; artifact paths are relative to the output folder."""
+                 warnings: list[str], classes: dict, overrides: dict, validation: dict | None = None) -> dict:
+    """Assemble the report; artifact paths are relative to the output folder.
+
+    ``classes``: the classifier's names and where they came from; ``overrides``: each preprocessing
+    value a flag changed from the checkpoint's config (``{name: {"config", "override"}}``);
+    ``validation``: the ``--val`` set and the reference's accuracy (each artifact has its own).
+    """
     return {
         "spnas_version": __version__,
         "weights": weights.to_dict(),
-        "preprocessing": preprocessing.to_dict(),
+        "classes": classes,
+        "preprocessing": {**preprocessing.to_dict(), "overrides": overrides},
         "calibration": {"n_images": len(calibration), "source": str(calibration.root),
                         "manifest": calibration.manifest()},
         "parity_images": {"n_images": len(parity_images), "source": str(parity_images.root),
                           "manifest": parity_images.manifest()},
+        "validation": validation,
         "artifacts": artifacts,
         "warnings": warnings,
     }

@@ -14,7 +14,7 @@ PWNED_MARKER = Path("/tmp/spnas-pwned")
 BAD_CHECKPOINTS = {
     "truncated": "not a valid safetensors",
     "wrong-arch": "missing keys",
-    "shape": "shape mismatch for classifier.weight",
+    "shape": "shape mismatch for conv_head.weight",
     "nan": "non-finite values",
     "code": "would run code",
     "not-tensors": "not a state dict of tensors",
@@ -38,7 +38,7 @@ def write_bad_checkpoint(folder: Path, case: str, state: dict) -> Path:
     elif case == "wrong-arch":
         save_file({k.replace("blocks.", "layers."): v for k, v in state.items()}, path)
     elif case == "shape":
-        save_file({**state, "classifier.weight": torch.zeros(10, 1280)}, path)
+        save_file({**state, "conv_head.weight": torch.zeros(1000, 320, 1, 1)}, path)
     elif case == "nan":
         bad = state["blocks.2.1.conv_dw.weight"].clone()
         bad[0, 0, 0, 0] = float("nan")

@@ -56,8 +56,10 @@ def test_auto_prefers_the_hub_cache(monkeypatch, tmp_path, good_state):
     cached = tmp_path / "model.safetensors"
     save_file(good_state, cached)
 
-    def fake_download(hub_id, local_only):
+    def fake_download(hub_id, local_only, filename="model.safetensors"):
         assert local_only, "auto must try the local cache before the network"
+        if filename != "model.safetensors":
+            raise SpnasError(f"cannot get {filename}")
         return cached
 
     monkeypatch.setattr("spnas.weights.hub_download", fake_download)
@@ -67,7 +69,7 @@ def test_auto_prefers_the_hub_cache(monkeypatch, tmp_path, good_state):
 
 
 def test_auto_falls_back_to_random_with_warning(monkeypatch):
-    def unavailable(hub_id, local_only):
+    def unavailable(hub_id, local_only, filename="model.safetensors"):
         raise SpnasError("offline")
 
     monkeypatch.setattr("spnas.weights.hub_download", unavailable)

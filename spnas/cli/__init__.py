@@ -52,6 +52,18 @@ def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")
 
 
+def add_validation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Task accuracy on a labelled set (``spnas.validation``), shared by spnas-export and spnas-verify."""
+    group = parser.add_argument_group("task accuracy on a labelled validation set")
+    group.add_argument("--val", metavar="DIR|CSV",
+                       help="one sub-folder per class (named as the classes), or a file,label CSV; must not share "
+                            "images with calibration")
+    group.add_argument("--max-accuracy-drop", type=float, metavar="PCT",
+                       help="fail an artifact whose top-1 drop's upper 95%% bound exceeds PCT percentage points")
+    group.add_argument("--val-workers", type=int, metavar="N",
+                       help="decoding processes (default: none below 512 images, else up to 4)")
+
+
 def add_ai_hub_arguments(parser: argparse.ArgumentParser, job: str) -> None:
     """Qualcomm AI Hub's hosted phones (``spnas.bench.aihub``), shared by spnas-bench and spnas-verify."""
     group = parser.add_argument_group("Qualcomm AI Hub (hosted real phones; token from `qai-hub configure`)")

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target", choices=["pixel1"], help="predict latency on the paper's phone from its table")
     target.add_argument("--lut", metavar="PATH", help="pixel1_runtime_model.json (default: $SPNAS_PIXEL1_LUT, then "
                                                       "../shared/data)")
+    target.add_argument("--input-size", type=int, metavar="S",
+                        help="your model's input size (e.g. report.json preprocessing.input_size); the table was "
+                             "measured at 224, so other sizes get \"not applicable\" instead of a number")
     device = parser.add_argument_group("Android phone over adb")
     device.add_argument("--adb", action="store_true", help="run LiteRT's benchmark_model on a connected phone")
     device.add_argument("--serial", metavar="S", help="adb device serial (default: the only device)")
@@ -112,8 +115,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         if args.artifacts or args.adb:
             parser.error("--target pixel1 takes no artifacts and no --adb (it predicts from the architecture)")
         return
-    elif args.lut:
-        parser.error("--lut goes with --target pixel1")
+    elif args.lut or args.input_size is not None:
+        parser.error(f"{'--lut' if args.lut else '--input-size'} goes with --target pixel1")
     elif not args.artifacts:
         parser.error("give at least one ARTIFACT (or --target pixel1, or --import FILE)")
     if args.adb and not args.benchmark_binary:
@@ -214,8 +217,17 @@ def adb_fleet(args: argparse.Namespace) -> int:
 
 
 def pixel1(args: argparse.Namespace) -> int:
+    from spnas.arch import INPUT_SIZE
     from spnas.bench.pixel1 import breakdown_table, predict
 
+    if args.input_size is not None and args.input_size != INPUT_SIZE:
+        reason = (f"not applicable: the authors' Pixel 1 table was measured at {INPUT_SIZE}x{INPUT_SIZE}; its "
+                  f"per-layer latencies are not valid at {args.input_size}x{args.input_size}, so nothing is predicted")
+        print(reason)
+        if args.json:
+            write_json({"spnas_version": __version__, "mode": "pixel1", "input_size": args.input_size,
+                        "predicted_ms": None, "status": reason}, args.json)
+        return 0
     prediction = predict(args.lut)
     print(breakdown_table(prediction))
     document = {"spnas_version": __version__, "mode": "pixel1", **prediction.to_dict()}

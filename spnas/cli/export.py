@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from spnas import __version__
-from spnas.cli import add_threshold_arguments
+from spnas.cli import add_threshold_arguments, add_validation_arguments
 
 EPILOG = """\
 examples:
@@ -29,8 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fp16", action="store_true",
                         help="TFLite: also write a float16-weight artifact (CoreML is fp16 by default)")
     parser.add_argument("--weights", default="auto", metavar="W",
-                        help='"auto" (default), "random", "hf-hub:timm/spnasnet_100.rmsp_in1k", or a '
-                             ".safetensors/.pth/.bin file in timm layout")
+                        help='"auto" (default), "random", "hf-hub:ORG/REPO", a timm folder (config.json + '
+                             'model.safetensors or pytorch_model.bin), or a .safetensors/.pth/.bin state dict '
+                             "with any classifier size")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="class names, one a line, index-ordered (default: the config's label_names, "
+                             "ImageNet-1k for 1000 classes, else class_0..class_K-1)")
+    prep = parser.add_argument_group("preprocessing (default: the checkpoint's timm pretrained_cfg)")
+    prep.add_argument("--input-size", metavar="S", help="square input size in pixels (at least 32)")
+    prep.add_argument("--crop-pct", type=float, metavar="P", help="center-crop fraction: resize to floor(S / P)")
+    prep.add_argument("--interpolation", choices=["bilinear", "bicubic"], help="resize filter, as PIL applies it")
+    prep.add_argument("--mean", metavar="R,G,B", help="normalisation mean (0..1 scale)")
+    prep.add_argument("--std", metavar="R,G,B", help="normalisation std (0..1 scale)")
     parser.add_argument("--calib", metavar="DIR",
                         help="folder of calibration images (recursive; JPEG/PNG/WebP); default: a small embedded set")
     parser.add_argument("--num-calib", type=int, default=200, metavar="N", help="calibration images (default 200)")
@@ -41,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse (skip with a warning) images over N pixels before decoding them "
                              "(default 89478485, or $SPNAS_MAX_IMAGE_PIXELS)")
     add_threshold_arguments(parser)
+    add_validation_arguments(parser)
     parser.add_argument("--fallback", choices=["off", "auto"], default="off",
                         help="auto: when an int8 artifact fails its gate, keep the layers that lose the most SQNR "
                              "in float, re-export and re-verify (up to 3 rounds; TFLite and ONNX)")
@@ -109,6 +120,7 @@ def export(args: argparse.Namespace) -> int:
     from spnas.intake import set_pixel_limit
     from spnas.io import check_out_dir
     from spnas.staging import staged_output
+    from spnas.validation import load_valset
 
     console = Console(args.quiet)
     install_warning_format(console)
@@ -118,14 +130,34 @@ def export(args: argparse.Namespace) -> int:
     else:
         modules, skipped = {args.format: format_module(args.format)}, {}  # fail early on a missing extra
     out_dir = check_out_dir(args.out)
+    with console.step(f"loading weights ({args.weights})"):
+        source, caught = resolve_source_of(args)
+    valset = load_valset(args.val, source.class_names) if args.val else None
     with staged_output(out_dir) as stage:
-        code, entries = export_into(stage, args, modules, skipped, console)
+        code, entries = export_into(stage, args, modules, skipped, source, caught, valset, console)
     if entries:
         print(f"\nwrote {len(entries)} artifact(s) and {out_dir / 'report.json'}")
     return code
 
 
-def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, console) -> tuple[int, list[dict]]:
+def preprocessing_overrides(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in ("input_size", "crop_pct", "interpolation", "mean", "std")}
+
+
+def resolve_source_of(args: argparse.Namespace):
+    """The checkpoint, preprocessing and class names, with the warnings raised while resolving them."""
+    import warnings
+
+    from spnas.source import resolve_source
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = resolve_source(args.weights, labels=args.labels, overrides=preprocessing_overrides(args))
+    return source, [str(w.message) for w in caught]
+
+
+def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, source, caught: list[str], valset,
+                console) -> tuple[int, list[dict]]:
     """The export itself: every file goes into ``stage``; returns the exit code and the report's artifacts."""
     import warnings
     from pathlib import Path
@@ -134,13 +166,12 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, c
     from spnas.export import ExportContext
     from spnas.images import split_images
     from spnas.io import artifact_size
-    from spnas.preprocess import DEFAULT_SPEC
     from spnas.quantize import load_plan
     from spnas.report import build_report, write_report
     from spnas.verify import evaluate, summary_table, thresholds_for
 
-    spec = DEFAULT_SPEC
-    with warnings.catch_warnings(record=True) as caught:
+    spec = source.spec
+    with warnings.catch_warnings(record=True) as more:
         warnings.simplefilter("always")
         with console.step("loading calibration and parity images"):
             calib, parity = split_images(args.calib, args.num_calib, args.num_parity, args.seed, spec)
@@ -148,10 +179,15 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, c
             warnings.warn("calibrating on the small embedded image set; 200+ images from your deployment "
                           "domain (--calib DIR) calibrate int8 better", stacklevel=1)
         console.info(f"{len(calib)} calibration images, {len(parity)} held-out parity images from {calib.root}")
-        with console.step(f"loading weights ({args.weights})"):
-            model = create_model(args.weights, calib_pixels=calib.pixels)
+        model = create_model(source.checkpoint, calib_pixels=calib.pixels, spec=spec)
     weights = model.weights_info
-    messages = [f"--format all: skipped {reason}" for reason in skipped.values()] + [str(w.message) for w in caught]
+    if valset is not None:
+        from spnas.validation import check_disjoint
+
+        with console.step(f"checking {len(valset)} validation images against calibration (sha256)"):
+            check_disjoint(valset, calib.manifest())
+    messages = ([f"--format all: skipped {reason}" for reason in skipped.values()] + caught + source.warnings
+                + [str(w.message) for w in more])
     if weights.warning and weights.warning not in messages:
         messages.append(weights.warning)
     for message in messages:
@@ -169,7 +205,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, c
     for name, module in modules.items():
         ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
                             out_dir=stage, int8=args.int8, fp16=args.fp16, options=options, progress=console.info,
-                            quant_plan=plan)
+                            quant_plan=plan, class_names=source.class_names)
         with console.step(f"exporting {name}"):
             artifacts = module.export(ctx)
         plan = ctx.quant_plan  # computed by the first format that lowers it, then shared by the others
@@ -186,12 +222,22 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, c
                     and not artifact.entry.get("app")):  # an app variant is not re-exported by the fallback
                 entry = int8_fallback(module, ctx, entry, parity.pixels, reference, thresholds, args, console)
             entries.append(entry)
+    validation = None
+    if valset is not None:
+        from spnas.validation import validate_entries
+
+        validation = validate_entries(valset, spec, TorchRunner(model, spec), entries, stage, args, console)
     report = build_report(weights=weights, preprocessing=spec, calibration=calib, parity_images=parity,
-                          artifacts=entries, warnings=messages)
+                          artifacts=entries, warnings=messages, classes=source.classes_report(),
+                          overrides=source.overrides, validation=validation)
     write_report(report, stage / "report.json")
     if args.android_assets:
-        sync_android_assets(stage, entries, args.android_assets, spec, console)
+        sync_android_assets(stage, entries, args.android_assets, spec, source.class_names, console)
     print(summary_table(entries))
+    if validation is not None:
+        from spnas.validation import accuracy_table
+
+        print(accuracy_table(validation, entries))
     if weights.is_random:
         console.warn("random weights: NOT FOR DEPLOYMENT (int8 gate not applicable)")
     return (0 if all(entry["passed"] is not False for entry in entries) else 1), entries
@@ -206,7 +252,7 @@ def int8_fallback(module, ctx, entry, pixels, reference, thresholds, args, conso
     return fallback(module, ctx, entry, pixels, reference, thresholds, console, args.fallback_layers)
 
 
-def sync_android_assets(stage, entries, assets_dir, spec, console) -> None:
+def sync_android_assets(stage, entries, assets_dir, spec, class_names, console) -> None:
     """Write the app's assets all or nothing too: staged in ``assets_dir``, moved in when complete."""
     from spnas.android import sync_assets
     from spnas.io import check_out_dir
@@ -215,7 +261,7 @@ def sync_android_assets(stage, entries, assets_dir, spec, console) -> None:
     tflite = [e for e in entries if e["format"] == "tflite"]
     chosen = next((e for e in tflite if e["precision"] == "int8"), tflite[0])
     with console.step(f"syncing Android assets into {assets_dir}"), staged_output(check_out_dir(assets_dir)) as assets:
-        sync_assets(stage / chosen["path"], assets, spec)
+        sync_assets(stage / chosen["path"], assets, spec, class_names=class_names)
 
 
 if __name__ == "__main__":

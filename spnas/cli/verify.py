@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from spnas import __version__
-from spnas.cli import add_ai_hub_arguments, add_threshold_arguments
+from spnas.cli import add_ai_hub_arguments, add_threshold_arguments, add_validation_arguments
 
 EPILOG = """\
 examples:
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse (skip with a warning) images over N pixels before decoding them "
                              "(default 89478485, or $SPNAS_MAX_IMAGE_PIXELS)")
     add_threshold_arguments(parser)
+    add_validation_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write a Markdown table for a CI comment")
     parser.add_argument("--explain", action="store_true", help="int8: per-layer SQNR drift, worst first")
@@ -76,7 +77,7 @@ def load_report_beside(artifact):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def parity_images(args, report):
+def parity_images(args, report, spec):
     """The images to verify on: --images split like spnas-export, else the report's parity set."""
     from pathlib import Path
 
@@ -84,7 +85,7 @@ def parity_images(args, report):
     from spnas.images import load_images, split_images
 
     if args.images:
-        return split_images(args.images, args.num_calib, args.num_parity, args.seed)[1]
+        return split_images(args.images, args.num_calib, args.num_parity, args.seed, spec)[1]
     if not report:
         raise SpnasError("no --images given and no report.json beside the artifact to take parity images from")
     root = Path(report["parity_images"]["source"])
@@ -92,24 +93,49 @@ def parity_images(args, report):
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise SpnasError(f"parity image {missing[0]} from report.json is gone; pass --images DIR")
-    return load_images(paths, root)
+    return load_images(paths, root, spec)
 
 
-def reference_model(args, report):
-    from pathlib import Path
-
-    from spnas import create_model
+def reference_checkpoint(args, report):
     from spnas.errors import SpnasError
-    from spnas.images import load_images
+    from spnas.weights import resolve_checkpoint
 
     weights = args.weights or (report and report["weights"]["source"])
     if not weights:
         raise SpnasError("no --weights given and no report.json beside the artifact naming them")
+    return resolve_checkpoint(weights)
+
+
+def reference_spec(checkpoint, report, runners: dict):
+    """The reference's preprocessing: mean, std, interpolation and crop from the export's report.json (else the
+    checkpoint's config); only the crop size from the artifacts, so a wrongly normalised artifact still fails."""
+    import dataclasses
+
+    from spnas.errors import SpnasError
+    from spnas.preprocess import PreprocessSpec, spec_from_config
+
+    spec = (PreprocessSpec.from_dict(report["preprocessing"]) if report
+            else spec_from_config(checkpoint.pretrained_cfg)[0])
+    sizes = {}
+    for artifact, runner in runners.items():
+        sizes.setdefault(runner.spec.input_size, artifact)
+    if len(sizes) > 1:
+        raise SpnasError("artifacts of different input sizes (" + ", ".join(f"{a.name}: {s}" for s, a in sizes.items())
+                         + "); verify them separately")
+    return dataclasses.replace(spec, input_size=next(iter(sizes)))
+
+
+def reference_model(checkpoint, report, spec):
+    from pathlib import Path
+
+    from spnas import create_model
+    from spnas.images import load_images
+
     bn_pixels = None
-    if weights == "random" and report:  # rebuild the same random model: BN re-estimated on the same images
+    if checkpoint.state is None and report:  # rebuild the same random model: BN re-estimated on the same images
         root = Path(report["calibration"]["source"])
-        bn_pixels = load_images([root / e["file"] for e in report["calibration"]["manifest"]], root).pixels
-    return create_model(weights, calib_pixels=bn_pixels)
+        bn_pixels = load_images([root / e["file"] for e in report["calibration"]["manifest"]], root, spec).pixels
+    return create_model(checkpoint, calib_pixels=bn_pixels, spec=spec)
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -140,20 +166,25 @@ def verify(args: argparse.Namespace) -> int:
 
     devices = ai_hub_devices(args)
     report = load_report_beside(artifacts[0])
-    with console.step("loading parity images"):
-        images = parity_images(args, report)
     with console.step("loading reference weights"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = reference_model(args, report)
+        checkpoint = reference_checkpoint(args, report)
+    runners = {artifact: load_runner(artifact) for artifact in artifacts}
+    spec = reference_spec(checkpoint, report, runners)
+    with console.step("loading parity images"):
+        images = parity_images(args, report, spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = reference_model(checkpoint, report, spec)
     random_weights = model.weights_info.is_random
     if random_weights and args.strict:
         console.warn("--strict: the reference weights are random; parity against them proves nothing")
         return 1
-    reference = TorchRunner(model).run(images.pixels)
+    reference = TorchRunner(model, spec).run(images.pixels)
     entries = []
     for artifact in artifacts:
         with console.step(f"parity of {artifact.name} on {len(images)} images"):
-            runner = load_runner(artifact)
+            runner = runners[artifact]
             entry = {"format": runner.format, "precision": runner.precision, "path": str(artifact),
                      "size_bytes": artifact_size(artifact),
                      **evaluate(runner, images.pixels, reference, thresholds=thresholds_for(runner.precision, args),
@@ -179,9 +210,17 @@ def verify(args: argparse.Namespace) -> int:
                 entry["gate"]["failures"] += [f"{d['device']['name']}: " + "; ".join(d["gate"]["failures"])
                                               for d in failed]
         entries.append(entry)
+    validation = None
+    if args.val:
+        validation = verify_accuracy(args, report, checkpoint, spec, model, entries, console)
     result = {"spnas_version": __version__, "weights": model.weights_info.to_dict(),
-              "images": {"n_images": len(images), "source": str(images.root)}, "artifacts": entries}
+              "images": {"n_images": len(images), "source": str(images.root)}, "validation": validation,
+              "artifacts": entries}
     print(summary_table(entries))
+    if validation is not None:
+        from spnas.validation import accuracy_table
+
+        print(accuracy_table(validation, entries))
     for entry in entries:
         for failure in entry["gate"]["failures"]:
             print(f"FAIL {Path(entry['path']).name}: {failure}")
@@ -198,6 +237,21 @@ def verify(args: argparse.Namespace) -> int:
     if job_failures:
         raise SpnasError(f"{len(job_failures)} AI Hub job(s) failed (reported as failed): " + "; ".join(job_failures))
     return 0 if all(entry["passed"] is not False for entry in entries) else 1
+
+
+def verify_accuracy(args, report, checkpoint, spec, model, entries, console) -> dict:
+    """``--val``: task accuracy of the reference and each artifact; the set must not overlap the export's
+    calibration images (report.json's manifest) by sha256."""
+    from spnas.classes import class_names_for
+    from spnas.reference import TorchRunner
+    from spnas.validation import check_disjoint, load_valset, validate_entries
+
+    names = (report or {}).get("classes", {}).get("names") or class_names_for(
+        checkpoint.num_classes, checkpoint.label_names)[0]
+    valset = load_valset(args.val, names)
+    if report:
+        check_disjoint(valset, report["calibration"]["manifest"])
+    return validate_entries(valset, spec, TorchRunner(model, spec), entries, ".", args, console)
 
 
 def ai_hub_parity(artifact, runner, pixels, reference, thresholds, random_weights, devices, args, console) -> list:

@@ -6,11 +6,11 @@ tvOS 17 / watchOS 10** for every artifact: the W8A8 package needs the iOS 17 ops
 activation ``quantize``/``dequantize`` ops), and the float package uses the same target
 so one app requirement covers both.
 
-**Input.**  By default a float32 ``(1, 3, 224, 224)`` tensor ``input``, normalised as
-``spnas.preprocess`` does.  With ``image_input`` it is an RGB ``ct.ImageType`` named
-``image`` (an app passes a 224x224 ``CVPixelBuffer``): ``scale`` 1/255, bias 0, then
-ImageNet mean/std per channel inside the graph, because ImageType's scale is one scalar
-and timm's std is per channel.
+**Input.**  By default a float32 ``(1, 3, S, S)`` tensor ``input`` (``S``: the spec's input
+size), normalised as ``spnas.preprocess`` does.  With ``image_input`` it is an RGB
+``ct.ImageType`` named ``image`` (an app passes an SxS ``CVPixelBuffer``): ``scale`` 1/255,
+bias 0, then the spec's mean/std per channel inside the graph, because ImageType's scale is
+one scalar and timm's std is per channel.
 
 **Output.**  Every package is a classifier (``ct.ClassifierConfig`` with ``ctx.class_names``), so
 Xcode shows its classes and Vision returns ``VNClassificationObservation``s: ``classLabel``
@@ -148,10 +148,12 @@ def export(ctx) -> list[Artifact]:
 
 def _input_details(image_input: bool, spec: PreprocessSpec) -> dict:
     if image_input:
-        return {"name": IMAGE_INPUT_NAME, "type": "ct.ImageType RGB 224x224 (CVPixelBuffer)",
+        size = spec.input_size
+        return {"name": IMAGE_INPUT_NAME, "type": f"ct.ImageType RGB {size}x{size} (CVPixelBuffer)",
                 "scale": 1.0 / spec.pixel_divisor, "bias": [0.0, 0.0, 0.0],
                 "in_graph": "subtract mean, divide by std per channel"}
-    return {"name": INPUT_NAME, "type": "float32 (1, 3, 224, 224) NCHW", "normalisation": "(pixel / 255 - mean) / std"}
+    return {"name": INPUT_NAME, "type": f"float32 (1, 3, {spec.input_size}, {spec.input_size}) NCHW",
+            "normalisation": "(pixel / 255 - mean) / std"}
 
 
 def _convert(ct, model, spec: PreprocessSpec, image_input: bool, compute: str, class_names: list[str]):
@@ -241,9 +243,11 @@ def _save(mlmodel, ctx, precision: str, details: dict) -> Artifact:
                                  "outputs: classLabel, classLabel_probs, logits")
     mlmodel.version = __version__
     input_name = IMAGE_INPUT_NAME if image_input else INPUT_NAME
+    spec = ctx.preprocessing
+    size = spec.input_size
     mlmodel.input_description[input_name] = (
-        "RGB 224x224 center crop (resize short side to 256 bilinear, crop 224)" if image_input
-        else "float32 NCHW RGB 224x224 crop, (pixel / 255 - mean) / std; see spnas.preprocessing")
+        f"RGB {size}x{size} center crop (resize short side to {spec.resize_size} {spec.interpolation}, crop {size})"
+        if image_input else f"float32 NCHW RGB {size}x{size} crop, (pixel / 255 - mean) / std; see spnas.preprocessing")
     mlmodel.output_description[OUTPUT_NAME] = "class logits, in the order of the classifier's labels"
     mlmodel.output_description[LABEL_NAME] = "the most probable class"
     mlmodel.output_description[f"{LABEL_NAME}_probs"] = "softmax probability of every class, by name"
@@ -274,7 +278,7 @@ class CoreMLRunner(RunnerBase):
         if "spnas.precision" not in metadata:
             raise SpnasError(f"{self.path}: not written by spnas-export (no spnas metadata)")
         self.precision = metadata["spnas.precision"]
-        self.preprocessing = spec_from_metadata(metadata)
+        self.spec = spec_from_metadata(metadata)
         self.image_input = metadata["spnas.input"] == "image"
         self.input_name = IMAGE_INPUT_NAME if self.image_input else INPUT_NAME
         if backend == "auto":
@@ -291,7 +295,7 @@ class CoreMLRunner(RunnerBase):
 
     def prepare(self, pixels: np.ndarray):
         if not self.image_input:
-            return normalize(pixels, self.preprocessing, "NCHW")
+            return normalize(pixels, self.spec, "NCHW")
         if self.backend == "coreml":
             from PIL import Image
 

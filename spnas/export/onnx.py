@@ -8,9 +8,9 @@ exporter produces the same op counts but anonymous ``onnx::Conv_576`` weights, s
 The graph is then simplified with onnxsim and checked with ``onnx.checker`` (full check); Conv
 nodes are renamed to their timm module names (``blocks.3.1.conv_dw``).
 
-**Input.** One tensor named ``input``: float32, NCHW ``(1, 3, 224, 224)`` (``(N, 3, 224, 224)``
-with the ``dynamic_batch`` option), RGB, normalised as ``(pixel / 255 - mean) / std`` with the
-spec stored in the metadata.  Output ``logits``: float32 ``(N, 1000)``.  The int8 model has the
+**Input.** One tensor named ``input``: float32, NCHW ``(1, 3, S, S)`` (``(N, 3, S, S)`` with the
+``dynamic_batch`` option; ``S`` the spec's input size), RGB, normalised as ``(pixel / 255 - mean) / std``
+with the spec stored in the metadata.  Output ``logits``: float32 ``(N, K)``, one per class.  The int8 model has the
 same float input and output: it quantizes its input itself (QDQ), so apps feed both alike.
 
 **Metadata** (``metadata_props``): ``spnas.preprocessing`` (JSON ``PreprocessSpec``),
@@ -72,7 +72,8 @@ SUFFIX = ".onnx"
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-INPUT_DOC = ("input: float32 NCHW (N, 3, 224, 224), RGB, (pixel / 255 - mean) / std with spnas.preprocessing; "
+INPUT_DOC = ("input: float32 NCHW (N, 3, S, S), S = spnas.preprocessing input_size, RGB, (pixel / 255 - mean) / std "
+             "with spnas.preprocessing; "
              "output logits: float32 (N, num_classes)")
 CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
 CALIBRATION_CHUNK = 16  # images per collect_data call: bounds the calibrator's memory
@@ -100,12 +101,12 @@ class Int8Scheme:
 # ---------------------------------------------------------------- fp32 export
 
 
-def export_float(model, *, dynamic_batch: bool = False):
+def export_float(model, *, dynamic_batch: bool = False, input_size: int = DEFAULT_SPEC.input_size):
     """PyTorch model -> simplified, checked fp32 ``onnx.ModelProto`` with timm-named Conv nodes."""
     import onnxsim
     import torch
 
-    example = torch.zeros(2 if dynamic_batch else 1, 3, 224, 224)
+    example = torch.zeros(2 if dynamic_batch else 1, 3, input_size, input_size)
     dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -284,14 +285,15 @@ def export(ctx: ExportContext) -> list[Artifact]:
     scheme = scheme_from_options(ctx.options)
     float_layers = list(ctx.options.get("float_layers", []))
     ctx.progress("onnx: exporting fp32 (torch.onnx dynamo exporter, onnxsim, checker)")
-    proto = export_float(ctx.model, dynamic_batch=dynamic_batch)
+    size = ctx.preprocessing.input_size
+    proto = export_float(ctx.model, dynamic_batch=dynamic_batch, input_size=size)
     set_metadata(proto, ctx, "fp32")
     fp32_path = Path(ctx.out_dir) / f"spnasnet_100_fp32{SUFFIX}"
     with atomic_path(fp32_path) as tmp:
         onnx.save(proto, str(tmp))
     common = {"exporter": "torch.onnx.export(dynamo=True)", "opset": OPSET, "simplified": "onnxsim",
               "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
-                        "shape": ["N" if dynamic_batch else 1, 3, 224, 224]},
+                        "shape": ["N" if dynamic_batch else 1, 3, size, size]},
               "output": OUTPUT_NAME, "dynamic_batch": dynamic_batch}
     artifacts = [Artifact("onnx", "fp32", fp32_path, dict(common))]
     if not ctx.int8:

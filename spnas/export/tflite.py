@@ -10,7 +10,8 @@ and the QuantizationDebugger's per-layer rows map back to PyTorch.
 
 Artifacts (``spnasnet_100_<precision>.tflite``):
 
-- ``fp32``: float32 input ``[1, 224, 224, 3]``, normalised RGB (timm mean/std), float32 logits;
+- ``fp32``: float32 input ``[1, S, S, 3]`` (``S``: the spec's input size), normalised RGB (the spec's
+  mean/std), float32 logits ``[1, K]``;
 - ``fp16`` (``ctx.fp16``): the same graph with float16 weights (DEQUANTIZE to float32 at load);
 - ``int8`` (``ctx.int8``): full-integer post-training quantization that *lowers* the export's
   ``spnas.quantize.QuantPlan`` (``lower``): the float graph is built with the plan's corrected
@@ -68,7 +69,6 @@ from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 SUFFIX = ".tflite"
 FORMAT = "tflite"
-INPUT_SIZE = 224
 
 # TF logs C++ INFO/WARNING lines (oneDNN, CPU features, MLIR passes) on import and on every
 # conversion; errors (level 2+) stay visible, and setdefault keeps a user's explicit choice.
@@ -87,7 +87,7 @@ def _tf():
 
 
 def build_graph(folded, *, uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC, uint8_dtype: bool = False):
-    """A ``tf.function`` NHWC graph of a ``FoldedNet`` for input ``[1, 224, 224, 3]``.
+    """A ``tf.function`` NHWC graph of a ``FoldedNet`` for input ``[1, S, S, 3]``, ``S = spec.input_size``.
 
     With ``uint8_input`` the function takes raw pixel values (as float32 0..255, quantized to
     uint8 by the converter) and normalises them in-graph before any padding; ``uint8_dtype``
@@ -101,7 +101,9 @@ def build_graph(folded, *, uint8_input: bool = False, spec: PreprocessSpec = DEF
         norm_weight = (1.0 / (spec.pixel_divisor * std)).reshape(1, 1, 3, 1).astype(np.float32)
         norm_bias = (-mean / std).astype(np.float32)
 
-    @tf.function(input_signature=[tf.TensorSpec([1, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8 if uint8_dtype else tf.float32,
+    size = spec.input_size
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8 if uint8_dtype else tf.float32,
                                                 name="pixels" if uint8_input else "input")])
     def spnasnet(x):
         if uint8_input:
@@ -172,7 +174,7 @@ def _converter(graph):
 
 
 def representative_inputs(pixels: np.ndarray, *, spec: PreprocessSpec = DEFAULT_SPEC):
-    """A representative-dataset callable (one normalised ``[1, 224, 224, 3]`` input per image),
+    """A representative-dataset callable (one normalised ``[1, S, S, 3]`` input per image),
     for TF's QuantizationDebugger."""
 
     def dataset():
@@ -199,7 +201,7 @@ def convert(folded, precision: str, *, calibration_pixels: np.ndarray | None = N
                 raise SpnasError("int8 TFLite export needs calibration images")
             plan = build_plan(folded, PixelBatches(calibration_pixels, spec), spec, **plan_options)
         return lower(folded, plan, uint8_input=uint8_input, spec=spec)
-    converter = _converter(build_graph(folded))
+    converter = _converter(build_graph(folded, spec=spec))
     if precision == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -360,18 +362,18 @@ def export(ctx: ExportContext) -> list[Artifact]:
     artifacts = []
     for precision in precisions:
         ctx.progress(f"converting {precision} with tf.lite.TFLiteConverter")
-        details = _details()
+        details = _details(ctx)
         if precision == "int8":
             content = _int8(ctx, folded, details, uint8_input)
         else:
-            content = convert(folded, precision)
+            content = convert(folded, precision, spec=ctx.preprocessing)
             if precision == "fp16":
                 details["quantization"] = {"scheme": "float16 weights, float32 compute"}
         artifacts.append(_write(ctx, content, precision, details))
     if ctx.options.get("app") == "mediapipe":
         for precision in [p for p in precisions if p != "fp16"]:
             ctx.progress(f"{precision} variant for MediaPipe Tasks (uint8 RGB in, normalisation in the graph, softmax)")
-            details = _details()
+            details = _details(ctx)
             if precision == "int8":
                 content = _int8(ctx, folded, details, uint8_input=True)
             else:
@@ -382,9 +384,10 @@ def export(ctx: ExportContext) -> list[Artifact]:
     return artifacts
 
 
-def _details() -> dict:
+def _details(ctx: ExportContext) -> dict:
+    size = ctx.preprocessing.input_size
     return {"converter": f"tf.lite.TFLiteConverter {_tf().__version__} (from_concrete_functions)",
-            "layout": "NHWC", "input_shape": [1, INPUT_SIZE, INPUT_SIZE, 3]}
+            "layout": "NHWC", "input_shape": [1, size, size, 3]}
 
 
 def _int8(ctx: ExportContext, folded, details: dict, uint8_input: bool) -> bytes:
@@ -479,7 +482,8 @@ def io_details(content: bytes) -> dict:
         if scale:
             facts[role].update(scale=float(scale), zero_point=int(zero_point))
     if facts["input"]["dtype"] == "uint8":
-        facts["input"]["meaning"] = "raw RGB pixels 0..255 of the 224x224 center crop"
+        size = facts["input"]["shape"][1]
+        facts["input"]["meaning"] = f"raw RGB pixels 0..255 of the {size}x{size} center crop"
     else:
         facts["input"]["meaning"] = "normalised RGB ((pixel / 255 - mean) / std)" + (
             ", quantized q = round(x / scale) + zero_point" if facts["input"]["dtype"] == "int8" else "")
@@ -505,8 +509,9 @@ def _interpreter(source, num_threads: int | None = 1):
 def prepare_input(pixels: np.ndarray, input_detail: dict, spec: PreprocessSpec) -> np.ndarray:
     """uint8 crops -> the model's input tensor: raw uint8, normalised float, or quantized int8."""
     pixels = np.asarray(pixels)
-    if pixels.ndim != 4 or pixels.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-        raise SpnasError(f"expected uint8 crops (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), got {pixels.shape}")
+    size = int(input_detail["shape"][1])
+    if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3):
+        raise SpnasError(f"expected uint8 crops (N, {size}, {size}, 3), got {pixels.shape}")
     dtype = np.dtype(input_detail["dtype"])
     if dtype == np.uint8:
         return pixels.astype(np.uint8)
