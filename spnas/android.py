@@ -169,9 +169,9 @@ def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSp
     tflite_path, sample = Path(tflite_path), Path(sample)
     if tflite_path.suffix != ".tflite" or not tflite_path.is_file():
         raise SpnasError(f"{tflite_path}: not a .tflite file")
-    if spec.interpolation != "bilinear" or spec.channel_order != "RGB":
-        raise SpnasError(f"the Android app implements RGB bilinear preprocessing, not {spec.channel_order} "
-                         f"{spec.interpolation}")
+    if spec.interpolation not in ("bilinear", "bicubic") or spec.channel_order != "RGB":
+        raise SpnasError(f"the Android app implements RGB bilinear and bicubic preprocessing, not "
+                         f"{spec.channel_order} {spec.interpolation}")
     out_dir = ensure_out_dir(out_dir)
     say = progress or (lambda message: None)
     names = list(class_names) if class_names is not None else read_class_names()
@@ -195,7 +195,7 @@ def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSp
     model_bytes = tflite_path.read_bytes()
     preprocessing = {
         "schema_version": SCHEMA_VERSION,
-        "preprocessing": {**spec.to_dict(), "resize_algorithm": "pillow-bilinear-antialias",
+        "preprocessing": {**spec.to_dict(), "resize_algorithm": f"pillow-{spec.interpolation}-antialias",
                           "crop_offset_rounding": "half-even"},
         "model": {"file": MODEL_FILE, "source_file": tflite_path.name, "precision": runner.precision,
                   "sha256": sha256_bytes(model_bytes), "size_bytes": len(model_bytes)},

@@ -51,18 +51,34 @@ def golden(assets):
 # ------------------------------------------------ the app's preprocessing, as the Kotlin code computes it
 
 
-def coefficients(in_size: int, out_size: int):
+def triangle(x: float) -> float:
+    return max(0.0, 1.0 - abs(x))
+
+
+def bicubic(x: float) -> float:
+    """``ResampleFilter.BICUBIC`` (Pillow's ``bicubic_filter``, a = -0.5), in the same arithmetic order."""
+    a, d = -0.5, abs(x)
+    if d < 1.0:
+        return ((a + 2.0) * d - (a + 3.0)) * d * d + 1
+    return (((d - 5) * d + 8) * d - 4) * a if d < 2.0 else 0.0
+
+
+FILTERS = {"bilinear": (1.0, triangle), "bicubic": (2.0, bicubic)}
+
+
+def coefficients(in_size: int, out_size: int, interpolation: str = "bilinear"):
     """``ImageOps.coefficients``: first tap, tap count and 22-bit fixed-point weights per output index."""
+    filter_support, kernel_of = FILTERS[interpolation]
     scale = in_size / out_size
     filter_scale = max(scale, 1.0)
-    support = 1.0 * filter_scale
+    support = filter_support * filter_scale
     kernel = math.ceil(support) * 2 + 1
     first, count, weights = [], [], np.zeros((out_size, kernel), np.int64)
     for xx in range(out_size):
         center = (xx + 0.5) * scale
         xmin = max(int(center - support + 0.5), 0)
         xmax = min(int(center + support + 0.5), in_size) - xmin
-        raw = [max(0.0, 1.0 - abs((x + xmin - center + 0.5) / filter_scale)) for x in range(xmax)]
+        raw = [kernel_of((x + xmin - center + 0.5) * (1.0 / filter_scale)) for x in range(xmax)]
         total = sum(raw)
         for x, w in enumerate(raw):
             w = w / total if total != 0.0 else w
@@ -76,9 +92,9 @@ def clip8(sums: np.ndarray) -> np.ndarray:
     return np.where(sums >= 1 << 30, 255, np.where(sums <= 0, 0, sums >> PRECISION_BITS)).astype(np.uint8)
 
 
-def resample_axis(pixels: np.ndarray, out_size: int, axis: int) -> np.ndarray:
-    """One pass of ``ImageOps.resizeBilinear`` along ``axis`` (1: horizontal, 0: vertical)."""
-    first, count, weights = coefficients(pixels.shape[axis], out_size)
+def resample_axis(pixels: np.ndarray, out_size: int, axis: int, interpolation: str = "bilinear") -> np.ndarray:
+    """One pass of ``ImageOps.resize`` along ``axis`` (1: horizontal, 0: vertical)."""
+    first, count, weights = coefficients(pixels.shape[axis], out_size, interpolation)
     source = np.moveaxis(pixels.astype(np.int64), axis, 0)
     out = np.empty((out_size, *source.shape[1:]), np.uint8)
     for index in range(out_size):
@@ -88,11 +104,11 @@ def resample_axis(pixels: np.ndarray, out_size: int, axis: int) -> np.ndarray:
     return np.moveaxis(out, 0, axis)
 
 
-def app_resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+def app_resize(pixels: np.ndarray, width: int, height: int, interpolation: str = "bilinear") -> np.ndarray:
     if width != pixels.shape[1]:
-        pixels = resample_axis(pixels, width, axis=1)
+        pixels = resample_axis(pixels, width, 1, interpolation)
     if height != pixels.shape[0]:
-        pixels = resample_axis(pixels, height, axis=0)
+        pixels = resample_axis(pixels, height, 0, interpolation)
     return pixels
 
 
@@ -102,7 +118,7 @@ def app_resize_and_crop(pixels: np.ndarray, spec=DEFAULT_SPEC) -> np.ndarray:
     short, long = min(width, height), max(width, height)
     new_long = int(spec.resize_size * long / short)
     new_width, new_height = (spec.resize_size, new_long) if width <= height else (new_long, spec.resize_size)
-    resized = app_resize(pixels, new_width, new_height)
+    resized = app_resize(pixels, new_width, new_height, spec.interpolation)
     top = int(np.rint((new_height - spec.input_size) / 2.0))
     left = int(np.rint((new_width - spec.input_size) / 2.0))
     return resized[top:top + spec.input_size, left:left + spec.input_size]
@@ -235,12 +251,36 @@ def test_app_resize_is_pillow_bilinear_on_real_photos(labels_csv, size):
         np.testing.assert_array_equal(app_resize_and_crop(source), host_crop(source))
 
 
-def host_crop(pixels: np.ndarray) -> np.ndarray:
+def host_crop(pixels: np.ndarray, spec=DEFAULT_SPEC) -> np.ndarray:
     from PIL import Image
 
     from spnas.preprocess import resize_and_crop
 
-    return resize_and_crop(Image.fromarray(pixels))
+    return resize_and_crop(Image.fromarray(pixels), spec)
+
+
+@pytest.mark.parametrize("grow", [(40, 30), (0, -40), (-50, 0), (300, 200)])
+def test_app_bicubic_resize_is_pillow_bicubic_on_real_photos(labels_csv, grow):
+    """Tolerance 0 for bicubic too (negative lobes, clipping at 0 and 255), alone and through a 192 px crop.
+
+    Pillow 13 runs the vertical pass first for some two-axis reductions (its C code before it did not); the
+    transcription runs Pillow's horizontal-first order, so these sizes change one axis or enlarge both.
+    """
+    import dataclasses
+
+    from PIL import Image
+
+    spec = dataclasses.replace(DEFAULT_SPEC, input_size=192, interpolation="bicubic", crop_pct=0.9)
+    with open(labels_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))[643:645]
+    for row in rows:
+        with Image.open(labels_csv.parent / row["file"]) as image:
+            image = image.convert("RGB")
+        size = (image.width + grow[0], image.height + grow[1])
+        expected = np.asarray(image.resize(size, Image.BICUBIC))
+        np.testing.assert_array_equal(app_resize(np.asarray(image), *size, "bicubic"), expected)
+        small = np.asarray(image.resize((150, 120), Image.BICUBIC))  # enlarged on both axes by the crop's resize
+        np.testing.assert_array_equal(app_resize_and_crop(small, spec), host_crop(small, spec))
 
 
 def test_app_encoder_matches_the_exporters_runner_on_parity_images(assets, preprocessing, parity_pixels):

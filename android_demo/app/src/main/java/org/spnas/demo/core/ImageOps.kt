@@ -22,11 +22,42 @@ class RgbImage(val width: Int, val height: Int, val pixels: ByteArray) {
     }
 }
 
+/** Pillow's resampling filters (`Resample.c`): support and kernel, in Pillow's own arithmetic order. */
+enum class ResampleFilter(val support: Double) {
+    BILINEAR(1.0) {
+        override fun weight(x: Double): Double {
+            val d = Math.abs(x)
+            return if (d < 1.0) 1.0 - d else 0.0
+        }
+    },
+    BICUBIC(2.0) {
+        override fun weight(x: Double): Double {
+            val a = -0.5
+            val d = Math.abs(x)
+            return when {
+                d < 1.0 -> ((a + 2.0) * d - (a + 3.0)) * d * d + 1
+                d < 2.0 -> (((d - 5) * d + 8) * d - 4) * a
+                else -> 0.0
+            }
+        }
+    };
+
+    abstract fun weight(x: Double): Double
+
+    companion object {
+        fun of(name: String): ResampleFilter = when (name) {
+            "bilinear" -> BILINEAR
+            "bicubic" -> BICUBIC
+            else -> throw IllegalArgumentException("interpolation $name: this app implements bilinear and bicubic")
+        }
+    }
+}
+
 /**
  * The host's `spnas.preprocess.resize_and_crop`, bit for bit.
  *
- * The host resizes with Pillow's `Image.resize(size, BILINEAR)`, which antialiases when it
- * downscales (the triangle filter widens by the scale factor). Android's `Bitmap.createScaledBitmap`
+ * The host resizes with Pillow's `Image.resize(size, BILINEAR or BICUBIC)`, which antialiases when
+ * it downscales (the filter widens by the scale factor). Android's `Bitmap.createScaledBitmap`
  * does not, so the resampler below is Pillow's `Resample.c` algorithm transcribed: double-precision
  * filter weights, normalised and rounded to 22-bit fixed point, a horizontal pass rounded to uint8,
  * then a vertical pass. Same integers in, same integers out.
@@ -37,7 +68,7 @@ object ImageOps {
     /** Resize the short side to `spec.resizeSize` and center-crop `spec.inputSize`, as the host does. */
     fun resizeAndCrop(image: RgbImage, spec: PreprocessingSpec): RgbImage {
         val (width, height) = shortSideSize(image.width, image.height, spec.resizeSize)
-        return centerCrop(resizeBilinear(image, width, height), spec.inputSize)
+        return centerCrop(resize(image, width, height, spec.filter), spec.inputSize)
     }
 
     /** Output size with the short side at `target`; the long side is truncated like Python's `int()`. */
@@ -60,21 +91,25 @@ object ImageOps {
         return RgbImage(size, size, out)
     }
 
-    /** Pillow's BILINEAR resize of an RGB image (antialiased when downscaling). */
-    fun resizeBilinear(image: RgbImage, outWidth: Int, outHeight: Int): RgbImage {
+    /** Pillow's BILINEAR or BICUBIC resize of an RGB image (antialiased when downscaling). */
+    fun resize(image: RgbImage, outWidth: Int, outHeight: Int, filter: ResampleFilter): RgbImage {
         var current = image
-        if (outWidth != image.width) current = horizontalPass(current, outWidth, coefficients(image.width, outWidth))
-        if (outHeight != image.height) current = verticalPass(current, outHeight, coefficients(image.height, outHeight))
+        if (outWidth != image.width) {
+            current = horizontalPass(current, outWidth, coefficients(image.width, outWidth, filter))
+        }
+        if (outHeight != image.height) {
+            current = verticalPass(current, outHeight, coefficients(image.height, outHeight, filter))
+        }
         return current
     }
 
     /** For each output index: first input index, tap count, and fixed-point weights (`kernelSize` per output). */
     class Coefficients(val kernelSize: Int, val first: IntArray, val count: IntArray, val weights: IntArray)
 
-    fun coefficients(inSize: Int, outSize: Int): Coefficients {
+    fun coefficients(inSize: Int, outSize: Int, filter: ResampleFilter): Coefficients {
         val scale = inSize.toDouble() / outSize
         val filterScale = maxOf(scale, 1.0)
-        val support = 1.0 * filterScale // the triangle filter's support is 1
+        val support = filter.support * filterScale
         val kernelSize = Math.ceil(support).toInt() * 2 + 1
         val first = IntArray(outSize)
         val count = IntArray(outSize)
@@ -87,7 +122,7 @@ object ImageOps {
             val xmax = minOf((center + support + 0.5).toInt(), inSize) - xmin
             var total = 0.0
             for (x in 0 until xmax) {
-                val w = triangle((x + xmin - center + 0.5) * inverse)
+                val w = filter.weight((x + xmin - center + 0.5) * inverse)
                 raw[x] = w
                 total += w
             }
@@ -100,11 +135,6 @@ object ImageOps {
             count[xx] = xmax
         }
         return Coefficients(kernelSize, first, count, weights)
-    }
-
-    private fun triangle(x: Double): Double {
-        val distance = Math.abs(x)
-        return if (distance < 1.0) 1.0 - distance else 0.0
     }
 
     private fun clip8(sum: Int): Byte = when {

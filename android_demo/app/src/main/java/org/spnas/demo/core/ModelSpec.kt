@@ -54,21 +54,21 @@ class ModelSpec(
     }
 }
 
-/** timm's eval transform: resize the short side (antialiased bilinear), center crop, mean/std. */
+/** timm's eval transform: resize the short side (antialiased bilinear or bicubic), center crop, mean/std. */
 class PreprocessingSpec(
     val inputSize: Int,
     val resizeSize: Int,
     val mean: FloatArray,
     val std: FloatArray,
     val pixelDivisor: Float,
+    val filter: ResampleFilter = ResampleFilter.BILINEAR,
 ) {
     companion object {
         fun from(json: JsonObject): PreprocessingSpec {
             require(json.string("channel_order") == "RGB") { "channel_order ${json.string("channel_order")} is not RGB" }
-            require(json.string("interpolation") == "bilinear") {
-                "interpolation ${json.string("interpolation")}: this app implements bilinear only"
-            }
-            require(json.string("resize_algorithm") == "pillow-bilinear-antialias") {
+            val interpolation = json.string("interpolation")
+            val filter = ResampleFilter.of(interpolation)
+            require(json.string("resize_algorithm") == "pillow-$interpolation-antialias") {
                 "resize_algorithm ${json.string("resize_algorithm")} is not implemented"
             }
             require(json.string("crop_offset_rounding") == "half-even") { "crop_offset_rounding must be half-even" }
@@ -79,6 +79,7 @@ class PreprocessingSpec(
                 mean = json.doubles("mean").map { it.toFloat() }.toFloatArray(),
                 std = json.doubles("std").map { it.toFloat() }.toFloatArray(),
                 pixelDivisor = json.double("pixel_divisor").toFloat(),
+                filter = filter,
             )
             require(spec.mean.size == 3 && spec.std.size == 3) { "mean and std need 3 values" }
             require(spec.resizeSize >= spec.inputSize) { "resize_size ${spec.resizeSize} < input_size ${spec.inputSize}" }

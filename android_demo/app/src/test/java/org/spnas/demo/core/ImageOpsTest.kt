@@ -8,7 +8,8 @@ import org.junit.Test
 class ImageOpsTest {
     private val source = RgbImage(7, 5, hex(SOURCE_HEX))
 
-    private fun resized(width: Int, height: Int) = ImageOps.resizeBilinear(source, width, height).pixels
+    private fun resized(width: Int, height: Int) =
+        ImageOps.resize(source, width, height, ResampleFilter.BILINEAR).pixels
 
     @Test fun downscalesBothAxesLikePillow() = assertArrayEquals(hex(PIL_3X4), resized(3, 4))
 
