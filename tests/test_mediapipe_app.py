@@ -59,6 +59,14 @@ def test_plain_int8_is_refused_by_mediapipe(cli_exports):
         _classifier(cli_exports / "spnasnet_100_int8.tflite")
 
 
+def test_arm64_refuses_the_softmax_variant_in_one_line(cli_exports, parity_pixels, reference_logits):
+    from spnas.arm64.verify import verify_arm64
+    from spnas.errors import SpnasError
+
+    with pytest.raises(SpnasError, match="outputs softmax probabilities"):
+        verify_arm64(cli_exports / "spnasnet_100_int8_mediapipe.tflite", parity_pixels, reference_logits)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_mediapipe_classifier_matches_our_runner(cli_exports, labels_csv, precision):
     import mediapipe

@@ -24,6 +24,7 @@ import numpy as np
 
 from spnas.arm64.env import Arm64Env, Progress, guest_error, prepare_env, stderr_progress
 from spnas.errors import SpnasError
+from spnas.export.tflite_mediapipe import softmax_input
 from spnas.parity import DEFAULT_THRESHOLDS, Thresholds, compare, to_json_number
 
 GUEST_RUNNER = Path(__file__).with_name("guest_runner.py")
@@ -153,6 +154,9 @@ def verify_arm64(artifact: str | Path, pixels: np.ndarray, reference: np.ndarray
     if artifact.suffix.lower() != ".tflite":
         raise SpnasError(f"{artifact.name}: --arm64 runs .tflite artifacts only")
     runner = load_runner(artifact)
+    if softmax_input(artifact.read_bytes()) is not None:  # the guest compares raw outputs with logits
+        raise SpnasError(f"{artifact.name}: --arm64 compares raw outputs with the reference logits, and this app "
+                         "variant outputs softmax probabilities; run --arm64 on its plain artifact")
     thresholds = thresholds or DEFAULT_THRESHOLDS[runner.precision]
     if len(reference) != len(pixels):
         raise SpnasError(f"{len(pixels)} parity images but {len(reference)} reference logit rows")
