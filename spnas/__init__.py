@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "create_model"]
+__all__ = ["__version__", "create_model", "export", "verify"]
+
+
+def __getattr__(name: str):
+    """``spnas.export(...)`` and ``spnas.verify(...)``: the callable ``spnas.export`` package and ``spnas.verify``
+    module (``spnas.api``), imported on first use so ``import spnas`` stays light."""
+    if name in ("export", "verify"):
+        import importlib
+
+        return importlib.import_module(f"spnas.{name}")
+    raise AttributeError(f"module 'spnas' has no attribute {name!r}")
 
 
 def create_model(weights="auto", *, num_classes: int | None = None, features_only: bool = False,

@@ -28,7 +28,7 @@ class ImageSet:
     """Images with their preprocessed uint8 crops, in a fixed order."""
 
     paths: list[Path]
-    pixels: np.ndarray  # uint8 (N, 224, 224, 3)
+    pixels: np.ndarray  # uint8 (N, S, S, 3), S the spec's input size
     root: Path
     skipped: list[str] = field(default_factory=list)  # why each unusable file was left out
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from spnas.arch import BN_EPS, NUM_FEATURES, SPNASNET_100_ARCH, STEM_SIZE, BlockSpec, decode_arch, feature_stages
+from spnas.classes import IMAGENET_CLASSES
 
 
 def _conv(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -69,7 +70,7 @@ class SPNasNet(nn.Module):
     head and returns the five stage maps (16, 24, 40, 96, 320 channels at strides 2..32).
     """
 
-    def __init__(self, arch=SPNASNET_100_ARCH, *, num_classes: int = 1000, features_only: bool = False,
+    def __init__(self, arch=SPNASNET_100_ARCH, *, num_classes: int = IMAGENET_CLASSES, features_only: bool = False,
                  stem_size: int = STEM_SIZE, num_features: int = NUM_FEATURES):
         super().__init__()
         self.block_specs = decode_arch(arch, stem_size)

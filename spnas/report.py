@@ -1,9 +1,15 @@
-"""report.json: the contract every exporter fills in and CI tools read."""
+"""report.json: the contract every exporter fills in and CI tools read, and its typed form ``Report``.
+
+``Report`` is what ``spnas.export(...)`` and ``spnas.verify(...)`` return; the CLIs write
+``Report.to_json()``, so the file and the Python object cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from spnas import __version__
 from spnas.io import atomic_write_text
@@ -32,5 +38,77 @@ def build_report(*, weights, preprocessing, calibration, parity_images, artifact
     }
 
 
-def write_report(report: dict, path: str | Path) -> Path:
-    return atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+def write_report(report: Report, path: str | Path) -> Path:
+    return atomic_write_text(path, report.to_json())
+
+
+ARTIFACT_KEYS = ("format", "precision", "path", "size_bytes", "parity", "gate", "passed")
+
+
+@dataclass
+class ArtifactReport:
+    """One artifact: where it is, its parity against the reference, its gate, and (with ``--val``) its accuracy."""
+
+    format: str
+    precision: str
+    path: str  # relative to the export's --out (spnas-export) or as given (spnas-verify)
+    size_bytes: int
+    parity: dict[str, Any]  # n_images, max_abs_error, max_rel_error, cosine, sqnr_db, top1/top5_agreement
+    gate: dict[str, Any]  # status, thresholds, failures
+    passed: bool | None  # None: not applicable (int8 on random weights)
+    details: dict[str, Any] | None = None  # exporter facts (spnas-export only)
+    accuracy: dict[str, Any] | None = None  # --val: top1, top5, top1_drop_pct, its 95 % interval, flips
+    extra: dict[str, Any] = field(default_factory=dict)  # other blocks (explain, arm64, ai_hub, ...), kept as written
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ArtifactReport:
+        known = {key: data[key] for key in (*ARTIFACT_KEYS, "details", "accuracy") if key in data}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        data = {key: getattr(self, key) for key in ARTIFACT_KEYS}
+        data.update({key: getattr(self, key) for key in ("details", "accuracy") if getattr(self, key) is not None})
+        return {**data, **self.extra}
+
+
+EXPORT_KEYS = ("spnas_version", "weights", "classes", "preprocessing", "calibration", "parity_images", "validation",
+               "artifacts", "warnings")
+VERIFY_KEYS = ("spnas_version", "weights", "images", "validation", "artifacts")
+
+
+@dataclass
+class Report:
+    """spnas-export's ``report.json`` (``kind="export"``) or spnas-verify's ``--json`` (``kind="verify"``)."""
+
+    kind: str
+    spnas_version: str
+    weights: dict[str, Any]  # source, sha256, warning
+    artifacts: list[ArtifactReport]
+    classes: dict[str, Any] | None = None  # num_classes, source, names
+    preprocessing: dict[str, Any] | None = None  # the PreprocessSpec, plus the flags' overrides
+    calibration: dict[str, Any] | None = None  # n_images, source, manifest (file, sha256)
+    parity_images: dict[str, Any] | None = None
+    images: dict[str, Any] | None = None  # spnas-verify: the parity images used
+    validation: dict[str, Any] | None = None  # --val: the set and the reference's accuracy
+    warnings: list[str] = field(default_factory=list)
+    exit_code: int = 0  # what the CLI exits with: 0 every gate passed, 1 a gate failed
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+    @classmethod
+    def from_dict(cls, data: dict, kind: str = "export", exit_code: int = 0) -> Report:
+        keys = EXPORT_KEYS if kind == "export" else VERIFY_KEYS
+        values = {key: data.get(key) for key in keys if key != "artifacts"}
+        return cls(kind=kind, artifacts=[ArtifactReport.from_dict(a) for a in data["artifacts"]],
+                   exit_code=exit_code, **values)
+
+    def to_dict(self) -> dict:
+        keys = EXPORT_KEYS if self.kind == "export" else VERIFY_KEYS
+        return {key: [a.to_dict() for a in self.artifacts] if key == "artifacts" else getattr(self, key)
+                for key in keys}
+
+    def to_json(self) -> str:
+        """Exactly the text the CLI writes (``report.json`` / ``spnas-verify --json``)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"

@@ -2,12 +2,15 @@
 
 Written once over the ``Runner`` interface and shared by ``spnas-export`` (which fills the
 report's ``parity`` blocks) and ``spnas-verify`` (the CI gate), so both give the same
-figures for the same artifact and images.
+figures for the same artifact and images.  Called, this module is the Python API's
+``spnas.verify(paths, ...)`` (``spnas.api.verify``; see ``spnas.export`` for why a module).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +85,15 @@ def summary_table(entries: list[dict]) -> str:
 
 def summary_markdown(entries: list[dict]) -> str:
     return markdown_table(TABLE_HEADERS, table_rows(entries))
+
+
+class _CallableModule(types.ModuleType):
+    """``spnas.verify(paths, ...)``: this module, called, is ``spnas.api.verify``."""
+
+    def __call__(self, *args, **kwargs):
+        from spnas.api import verify
+
+        return verify(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

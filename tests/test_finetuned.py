@@ -115,8 +115,13 @@ def test_odd_config_artifacts_match_a_hand_written_timm_reference(odd_folder, od
         assert labels == ODD_NAMES
 
 
-def test_odd_config_onnx_input_and_class_names(odd_folder, imagenet_dir, tmp_path):
+def test_odd_config_onnx_and_the_python_api_round_trip(odd_folder, imagenet_dir, tmp_path, capsys):
+    """ONNX at 192 px with its class names; ``spnas.export(...)`` gives the CLI's report.json, ``spnas.verify``
+    its --json, both as typed Reports."""
     import onnx
+
+    from spnas.cli.verify import main as verify_main
+    from spnas.report import ArtifactReport, Report
 
     out = tmp_path / "exports"
     assert export_main(["--format", "onnx", "--weights", str(odd_folder), "--calib", str(imagenet_dir),
@@ -125,7 +130,20 @@ def test_odd_config_onnx_input_and_class_names(odd_folder, imagenet_dir, tmp_pat
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     metadata = {p.key: p.value for p in proto.metadata_props}
     assert dims == [1, 3, 192, 192] and json.loads(metadata["spnas.class_names"]) == ODD_NAMES
-    assert json.loads((out / "report.json").read_text())["artifacts"][0]["passed"] is True
+    report = spnas.export(format="onnx", weights=odd_folder, calib=imagenet_dir, num_calib=4, num_parity=4,
+                          out=tmp_path / "api", quiet=True)
+    assert isinstance(report, Report) and isinstance(report.artifacts[0], ArtifactReport)
+    assert report.passed and report.artifacts[0].passed is True and report.classes["names"] == ODD_NAMES
+    assert report.to_json() == (out / "report.json").read_text() == (tmp_path / "api" / "report.json").read_text()
+    artifact = out / "spnasnet_100_fp32.onnx"
+    assert verify_main([str(artifact), "--json", str(tmp_path / "v.json"), "--quiet"]) == 0
+    verified = spnas.verify(artifact, quiet=True)
+    assert verified.kind == "verify" and verified.to_json() == (tmp_path / "v.json").read_text()
+    with pytest.raises(SpnasError, match="unknown option 'num_calibration'"):
+        spnas.export(format="onnx", weights=odd_folder, num_calibration=4)
+    with pytest.raises(SpnasError, match="not square"):
+        spnas.export(format="onnx", weights=odd_folder, input_size="192x160", out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_overrides_are_recorded_and_generic_names_warned(fixture_weights, tmp_path):

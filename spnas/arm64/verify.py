@@ -141,7 +141,7 @@ def verify_arm64(artifact: str | Path, pixels: np.ndarray, reference: np.ndarray
                  cache_dir: str | Path | None = None, progress: Progress = stderr_progress) -> dict:
     """Run ``artifact`` on emulated aarch64 cores and compare with x86 LiteRT and the reference logits.
 
-    ``pixels``: uint8 (N, 224, 224, 3) parity crops, ``reference``: PyTorch logits (N, 1000);
+    ``pixels``: uint8 (N, S, S, 3) parity crops, ``reference``: PyTorch logits (N, K);
     the first ``max_images`` are used (default: 20 for int8, 5 for float).  ``thresholds``
     (default: the precision's parity gate) apply to every run against the reference; int8
     XNNPACK runs must also be bit-exact to x86.  CPU models run in parallel, one qemu per core.

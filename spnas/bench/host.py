@@ -65,13 +65,13 @@ def parse_targets(tokens: list[str], weights: str = "random") -> list[BenchTarge
     return targets
 
 
-def bench_pixels():
-    """One real preprocessed photograph (uint8, 1x224x224x3) from the embedded image set."""
+def bench_pixels(spec=None):
+    """One real preprocessed photograph (uint8, 1xSxSx3, timm's default spec unless given) from the embedded set."""
     from spnas.images import EMBEDDED_DIR
     from spnas.intake import walk_images
     from spnas.preprocess import DEFAULT_SPEC, load_pixels
 
-    return load_pixels(walk_images(EMBEDDED_DIR)[0], DEFAULT_SPEC)[None]
+    return load_pixels(walk_images(EMBEDDED_DIR)[0], spec or DEFAULT_SPEC)[None]
 
 
 def peak_rss_mb() -> float:
@@ -112,6 +112,9 @@ def worker_main(connection, target: BenchTarget, threads: int, warmup: int, pixe
     try:
         baseline_mb = peak_rss_mb()
         runner = open_runner(target, threads)
+        spec = getattr(runner, "spec", None)
+        if spec is not None and pixels.shape[1] != spec.input_size:  # a fine-tune at its own input size
+            pixels = bench_pixels(spec)
         prepared = runner.prepare(pixels)
         for _ in range(warmup):
             runner.invoke(prepared)
@@ -262,6 +265,7 @@ def run_host(targets: list[BenchTarget], threads_list: list[int], warmup: int, r
     return {"spnas_version": __version__, "mode": "host", "machine": machine_facts(),
             "runtimes": runtime_versions(targets),
             "settings": {"threads": threads_list, "warmup_runs": warmup, "runs": runs,
-                         "rounds": len(round_sizes(runs, rounds)), "timed": "runner.invoke only (one 224x224 image)",
+                         "rounds": len(round_sizes(runs, rounds)),
+                         "timed": "runner.invoke only (one image at the artifact's input size)",
                          "peak_rss_method": RSS_METHOD},
             "results": records}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from spnas import __version__
 from spnas.cli import add_threshold_arguments, add_validation_arguments
@@ -87,34 +88,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.num_calib < 1:
-        parser.error("--num-calib must be at least 1")
-    if args.num_parity < 1:
-        parser.error("--num-parity must be at least 1")
-    if args.android_assets and args.format not in ("tflite", "all"):
-        parser.error("--android-assets needs --format tflite or all")
-    if args.app and args.format not in ("tflite", "all"):
-        parser.error("--app needs --format tflite or all")
-    if args.fallback == "auto" and not args.int8:
-        parser.error("--fallback auto needs --int8")
-    if args.plan and not args.int8:
-        parser.error("--plan needs --int8")
-    if args.fallback_layers < 1:
-        parser.error("--fallback-layers must be at least 1")
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """The first flag combination that makes no sense (a usage error for the CLI, a SpnasError for the API)."""
+    checks = ((args.num_calib < 1, "--num-calib must be at least 1"),
+              (args.num_parity < 1, "--num-parity must be at least 1"),
+              (args.android_assets and args.format not in ("tflite", "all"),
+               "--android-assets needs --format tflite or all"),
+              (args.app and args.format not in ("tflite", "all"), "--app needs --format tflite or all"),
+              (args.fallback == "auto" and not args.int8, "--fallback auto needs --int8"),
+              (args.plan and not args.int8, "--plan needs --int8"),
+              (args.fallback_layers < 1, "--fallback-layers must be at least 1"))
+    return next((message for failed, message in checks if failed), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_args(parser, args)
+    if problem := usage_problem(args):
+        parser.error(problem)
     from spnas.cli import run_cli
 
-    return run_cli(lambda: export(args), args.debug)
+    return run_cli(lambda: cli_export(args), args.debug)
 
 
-def export(args: argparse.Namespace) -> int:
-    """Check the request, then run it into a stage that is moved into ``--out`` only if it all succeeds."""
+def cli_export(args: argparse.Namespace) -> int:
+    """``run_export`` with the tables and the exit code of the command line."""
+    from spnas.verify import summary_table
+
+    report = run_export(args)
+    if report is None:
+        return 1
+    entries = [a.to_dict() for a in report.artifacts]
+    print(summary_table(entries))
+    if report.validation is not None:
+        from spnas.validation import accuracy_table
+
+        print(accuracy_table(report.validation, entries))
+    if report.weights["source"] == "random":
+        print("spnas: warning: random weights: NOT FOR DEPLOYMENT (int8 gate not applicable)", file=sys.stderr)
+    print(f"\nwrote {len(entries)} artifact(s) and {Path(args.out) / 'report.json'}")
+    return report.exit_code
+
+
+def run_export(args: argparse.Namespace):
+    """Check the request, then run it into a stage that is moved into ``--out`` only if it all succeeds.
+
+    Returns the ``spnas.report.Report`` written as report.json, or None when ``--strict`` refused random weights.
+    """
     from spnas.console import Console, install_warning_format
     from spnas.export import format_module, installed_formats
     from spnas.intake import set_pixel_limit
@@ -134,10 +154,7 @@ def export(args: argparse.Namespace) -> int:
         source, caught = resolve_source_of(args)
     valset = load_valset(args.val, source.class_names) if args.val else None
     with staged_output(out_dir) as stage:
-        code, entries = export_into(stage, args, modules, skipped, source, caught, valset, console)
-    if entries:
-        print(f"\nwrote {len(entries)} artifact(s) and {out_dir / 'report.json'}")
-    return code
+        return export_into(stage, args, modules, skipped, source, caught, valset, console)
 
 
 def preprocessing_overrides(args: argparse.Namespace) -> dict:
@@ -157,18 +174,17 @@ def resolve_source_of(args: argparse.Namespace):
 
 
 def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, source, caught: list[str], valset,
-                console) -> tuple[int, list[dict]]:
-    """The export itself: every file goes into ``stage``; returns the exit code and the report's artifacts."""
+                console):
+    """The export itself: every file goes into ``stage``; returns its ``Report`` (None: ``--strict`` refused)."""
     import warnings
-    from pathlib import Path
 
     from spnas import create_model
     from spnas.export import ExportContext
     from spnas.images import split_images
     from spnas.io import artifact_size
     from spnas.quantize import load_plan
-    from spnas.report import build_report, write_report
-    from spnas.verify import evaluate, summary_table, thresholds_for
+    from spnas.report import Report, build_report, write_report
+    from spnas.verify import evaluate, thresholds_for
 
     spec = source.spec
     with warnings.catch_warnings(record=True) as more:
@@ -194,7 +210,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
         console.warn(message)
     if weights.is_random and args.strict:
         console.warn("--strict: refusing random weights")
-        return 1, []
+        return None
     from spnas.reference import TorchRunner
 
     reference = TorchRunner(model, spec).run(parity.pixels)
@@ -227,20 +243,15 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
         from spnas.validation import validate_entries
 
         validation = validate_entries(valset, spec, TorchRunner(model, spec), entries, stage, args, console)
-    report = build_report(weights=weights, preprocessing=spec, calibration=calib, parity_images=parity,
-                          artifacts=entries, warnings=messages, classes=source.classes_report(),
-                          overrides=source.overrides, validation=validation)
+    report = Report.from_dict(build_report(weights=weights, preprocessing=spec, calibration=calib,
+                                           parity_images=parity, artifacts=entries, warnings=messages,
+                                           classes=source.classes_report(), overrides=source.overrides,
+                                           validation=validation),
+                              exit_code=0 if all(entry["passed"] is not False for entry in entries) else 1)
     write_report(report, stage / "report.json")
     if args.android_assets:
         sync_android_assets(stage, entries, args.android_assets, spec, source.class_names, console)
-    print(summary_table(entries))
-    if validation is not None:
-        from spnas.validation import accuracy_table
-
-        print(accuracy_table(validation, entries))
-    if weights.is_random:
-        console.warn("random weights: NOT FOR DEPLOYMENT (int8 gate not applicable)")
-    return (0 if all(entry["passed"] is not False for entry in entries) else 1), entries
+    return report
 
 
 def int8_fallback(module, ctx, entry, pixels, reference, thresholds, args, console) -> dict:

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{misused} goes with --ai-hub")
     from spnas.cli import run_cli
 
-    return run_cli(lambda: verify(args), args.debug)
+    return run_cli(lambda: cli_verify(args), args.debug)
 
 
 def load_report_beside(artifact):
@@ -138,8 +138,47 @@ def reference_model(checkpoint, report, spec):
     return create_model(checkpoint, calib_pixels=bn_pixels, spec=spec)
 
 
-def verify(args: argparse.Namespace) -> int:
-    import json
+def cli_verify(args: argparse.Namespace) -> int:
+    """``run_verify`` with the tables and the exit code of the command line."""
+    from pathlib import Path
+
+    from spnas.verify import summary_table
+
+    report = run_verify(args, raise_job_failures=False)
+    if report is None:
+        return 1
+    entries = [a.to_dict() for a in report.artifacts]
+    print(summary_table(entries))
+    if report.validation is not None:
+        from spnas.validation import accuracy_table
+
+        print(accuracy_table(report.validation, entries))
+    for entry in entries:
+        for failure in entry["gate"]["failures"]:
+            print(f"FAIL {Path(entry['path']).name}: {failure}")
+        if "explain" in entry:
+            print_explain(entry)
+    if any("ai_hub" in entry for entry in entries):
+        print(device_table(entries))
+    check_job_failures(entries)
+    return report.exit_code
+
+
+def check_job_failures(entries: list[dict]) -> None:
+    """AI Hub jobs that failed are reported as failed, then the run ends as an input/service error (exit 2)."""
+    from pathlib import Path
+
+    from spnas.errors import SpnasError
+
+    job_failures = [f"[{d['device']['name']}] {Path(e['path']).name}: {d['failure']}"
+                    for e in entries for d in e.get("ai_hub", []) if "failure" in d]
+    if job_failures:
+        raise SpnasError(f"{len(job_failures)} AI Hub job(s) failed (reported as failed): " + "; ".join(job_failures))
+
+
+def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
+    """Gate the artifacts; returns the ``spnas.report.Report`` (``kind="verify"``) written to ``--json``, or None
+    when ``--strict`` refused random reference weights."""
     import warnings
     from pathlib import Path
 
@@ -150,7 +189,8 @@ def verify(args: argparse.Namespace) -> int:
     from spnas.io import artifact_size, atomic_write_text
     from spnas.parity import Thresholds
     from spnas.reference import TorchRunner
-    from spnas.verify import evaluate, summary_markdown, summary_table, thresholds_for
+    from spnas.report import Report
+    from spnas.verify import evaluate, summary_markdown, thresholds_for
 
     console = Console(args.quiet)
     install_warning_format(console)
@@ -179,7 +219,7 @@ def verify(args: argparse.Namespace) -> int:
     random_weights = model.weights_info.is_random
     if random_weights and args.strict:
         console.warn("--strict: the reference weights are random; parity against them proves nothing")
-        return 1
+        return None
     reference = TorchRunner(model, spec).run(images.pixels)
     entries = []
     for artifact in artifacts:
@@ -213,30 +253,17 @@ def verify(args: argparse.Namespace) -> int:
     validation = None
     if args.val:
         validation = verify_accuracy(args, report, checkpoint, spec, model, entries, console)
-    result = {"spnas_version": __version__, "weights": model.weights_info.to_dict(),
-              "images": {"n_images": len(images), "source": str(images.root)}, "validation": validation,
-              "artifacts": entries}
-    print(summary_table(entries))
-    if validation is not None:
-        from spnas.validation import accuracy_table
-
-        print(accuracy_table(validation, entries))
-    for entry in entries:
-        for failure in entry["gate"]["failures"]:
-            print(f"FAIL {Path(entry['path']).name}: {failure}")
-        if "explain" in entry:
-            print_explain(entry)
-    if devices:
-        print(device_table(entries))
+    result = Report.from_dict({"spnas_version": __version__, "weights": model.weights_info.to_dict(),
+                               "images": {"n_images": len(images), "source": str(images.root)},
+                               "validation": validation, "artifacts": entries}, kind="verify",
+                              exit_code=0 if all(entry["passed"] is not False for entry in entries) else 1)
     if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.json, result.to_json())
     if args.markdown:
         atomic_write_text(args.markdown, summary_markdown(entries) + "\n")
-    job_failures = [f"[{d['device']['name']}] {Path(e['path']).name}: {d['failure']}"
-                    for e in entries for d in e.get("ai_hub", []) if "failure" in d]
-    if job_failures:
-        raise SpnasError(f"{len(job_failures)} AI Hub job(s) failed (reported as failed): " + "; ".join(job_failures))
-    return 0 if all(entry["passed"] is not False for entry in entries) else 1
+    if raise_job_failures:
+        check_job_failures(entries)
+    return result
 
 
 def verify_accuracy(args, report, checkpoint, spec, model, entries, console) -> dict:

@@ -6,16 +6,23 @@ Each format module (``spnas.export.onnx``, ``.tflite``, ``.coreml``, ``.executor
 - ``export(ctx: ExportContext) -> list[Artifact]``: write the artifacts the context asks for;
 - ``load(path) -> Runner``: open an artifact for inference in the format's real runtime.
 
-A ``Runner`` takes the uint8 (N, 224, 224, 3) RGB crops of ``spnas.preprocess`` and
+A ``Runner`` takes the uint8 (N, S, S, 3) RGB crops of ``spnas.preprocess`` and
 returns float32 logits (N, num_classes); it applies normalisation, layout and input
 quantization itself, exactly as a deployed app would.  ``prepare`` and ``invoke`` are
 split so benchmarks time the runtime alone, not the numpy preprocessing.
+
+The package is also the Python API's export call: ``import spnas; spnas.export(format="tflite",
+int8=True, ...)`` runs ``spnas.api.export``.  ``spnas.export`` cannot be both a function and
+this package (importing ``spnas.export.tflite`` rebinds the attribute to the package), so the
+package module itself is made callable; ``spnas.verify`` is treated the same way.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +83,7 @@ class ExportContext:
     model: Any  # spnas.model.SPNasNet in eval mode, float32
     weights: Any  # spnas.weights.WeightsInfo
     preprocessing: Any  # spnas.preprocess.PreprocessSpec
-    calibration_pixels: np.ndarray  # uint8 (N, 224, 224, 3), disjoint from the parity set
+    calibration_pixels: np.ndarray  # uint8 (N, S, S, 3), S = preprocessing.input_size; disjoint from parity
     out_dir: Path
     int8: bool = False
     fp16: bool = False
@@ -145,3 +152,15 @@ def load_runner(path: str | Path) -> Runner:
     if not path.exists():
         raise SpnasError(f"{path}: no such artifact")
     return format_module(format_of(path)).load(path)
+
+
+class _CallableModule(types.ModuleType):
+    """``spnas.export(...)``: this package, called, is ``spnas.api.export``."""
+
+    def __call__(self, *args, **kwargs):
+        from spnas.api import export
+
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
