@@ -46,6 +46,7 @@ def test_default_export_works_offline(default_run):
     assert precisions["int8"]["gate"]["status"] == "not applicable (random weights)"
     assert precisions["int8"]["passed"] is None
     assert precisions["fp32"]["passed"] is True
+    assert all(a["app"] is None and a["mediapipe"] is None for a in report["artifacts"])  # asked only with --app
     assert "artifact" in result.stdout and "spnasnet_100_int8.tflite" in result.stdout
 
 

@@ -38,7 +38,8 @@ MediaPipe app variant (``ctx.options["app"] == "mediapipe"``, CLI ``--app mediap
 ``spnasnet_100_{fp32,int8}_mediapipe.tflite`` beside the plain files, raw uint8 RGB in (fp32: a
 uint8 input CAST to float, then the same in-graph normalisation; int8: the ``--uint8-input``
 lowering of the same plan) and float32 softmax probabilities out (``spnas.export.tflite_mediapipe``).
-Every artifact's report entry says whether MediaPipe's ImageClassifier takes it, in its words.
+In such a run every artifact's report entry says whether MediaPipe's ImageClassifier takes it, in
+its words (without ``--app``: ``null``, not checked).
 
 Per-layer drift for ``spnas-verify --explain``: ``layer_errors(model, calibration_pixels,
 eval_pixels)`` returns, per timm layer name, the int8-vs-float error of that layer alone
@@ -408,7 +409,8 @@ def _int8(ctx: ExportContext, folded, details: dict, uint8_input: bool) -> bytes
 
 
 def _write(ctx: ExportContext, content: bytes, precision: str, details: dict, app: str | None = None) -> Artifact:
-    """Add the metadata (and for an app variant the softmax), write the file, ask MediaPipe whether it takes it."""
+    """Add the metadata (and for an app variant the softmax), write the file; with ``--app mediapipe``, ask
+    MediaPipe whether it takes it."""
     from spnas.export import tflite_mediapipe
     from spnas.io import atomic_path
 
@@ -420,7 +422,10 @@ def _write(ctx: ExportContext, content: bytes, precision: str, details: dict, ap
     with atomic_path(path) as tmp:
         tmp.write_bytes(content)
     details.update(io_details(content))
-    compatible, reason = tflite_mediapipe.verdict(content, ctx.calibration_pixels[0])
+    if ctx.options.get("app") == "mediapipe":  # asking costs a MediaPipe import and graph: only when targeted
+        compatible, reason = tflite_mediapipe.verdict(content, ctx.calibration_pixels[0])
+    else:
+        compatible, reason = None, "not checked (spnas-export --app mediapipe asks MediaPipe's ImageClassifier)"
     return Artifact(FORMAT, precision, path, details,
                     entry={"app": app, "mediapipe": compatible, "mediapipe_reason": reason})
 
