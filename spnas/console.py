@@ -39,6 +39,14 @@ def install_warning_format(console: Console) -> None:
     warnings.showwarning = show
 
 
+def quiet_library_logs() -> None:
+    """Libraries' own warning-level log records (torchao's optional kernels, torch's deprecation notes) are not
+    ours to show: spnas reports through ``Console``, so a run prints spnas's lines only.  ``--debug`` skips this."""
+    import logging
+
+    logging.disable(logging.WARNING)
+
+
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

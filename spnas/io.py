@@ -108,6 +108,12 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def artifact_sha256(path: str | Path) -> str | None:
+    """A file artifact's sha256 (``spnas-verify`` trusts a file whose hash its export report records); None for
+    packages (folders)."""
+    return sha256_file(path) if Path(path).is_file() else None
+
+
 def artifact_size(path: str | Path) -> int:
     """Bytes on disk of a file or of a directory artifact (``.mlpackage``)."""
     path = Path(path)

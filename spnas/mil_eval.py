@@ -53,26 +53,30 @@ PROTO_DTYPES = {"BOOL": np.bool_, "FLOAT16": np.float16, "FLOAT32": np.float32, 
 CAST_DTYPES = {"fp16": np.float16, "fp32": np.float32}
 
 
-def import_coremltools():
-    """Import coremltools without its TensorFlow frontend and its Linux-only "no runtime" log noise.
+HIDDEN_FROM_COREMLTOOLS = ("tensorflow", "executorch", "torchao", "sklearn")  # frontends spnas never uses
 
-    coremltools imports TensorFlow (~10 s) when it is installed, only for a converter we
-    never use; TensorFlow is hidden during that one import if nobody has imported it yet,
-    so a later ``import tensorflow`` (the TFLite exporter) still works.
+
+def import_coremltools():
+    """Import coremltools without the frontends of other frameworks and its Linux-only "no runtime" log noise.
+
+    coremltools imports TensorFlow (~10 s), ExecuTorch's ``exir``, torchao and scikit-learn
+    (~10 s together) when they are installed, only for converters we never use; each is hidden
+    during that one import if nobody has imported it yet, so a later ``import tensorflow`` (the
+    TFLite exporter) or ``import executorch`` (the ExecuTorch exporter) still works.
     """
     if "coremltools" in sys.modules:
         return sys.modules["coremltools"]
     ct_logger = logging.getLogger("coremltools")
     level = ct_logger.level
     ct_logger.setLevel(logging.ERROR)
-    hide_tensorflow = "tensorflow" not in sys.modules
-    if hide_tensorflow:
-        sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError
+    hidden = [name for name in HIDDEN_FROM_COREMLTOOLS if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # makes `import name` raise ImportError
     try:
         import coremltools
     finally:
-        if hide_tensorflow:
-            del sys.modules["tensorflow"]
+        for name in hidden:
+            del sys.modules[name]
         ct_logger.setLevel(level)
     return coremltools
 

@@ -112,3 +112,71 @@ class Report:
     def to_json(self) -> str:
         """Exactly the text the CLI writes (``report.json`` / ``spnas-verify --json``)."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def _version_tuple(text: str) -> tuple[int, ...] | None:
+    parts = text.split(".")
+    return tuple(int(p) for p in parts[:2]) if len(parts) >= 2 and all(p.isdigit() for p in parts[:2]) else None
+
+
+def _require(report: dict, dotted: str, kind: type | tuple[type, ...]):
+    """The field at a dotted path, checked for type; a one-line error naming the field otherwise."""
+    value = report
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise ValueError(f"no {dotted!r}")
+        value = value[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{dotted!r} is {type(value).__name__}, expected {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _check_manifest(report: dict, section: str) -> None:
+    _require(report, f"{section}.source", str)
+    for index, entry in enumerate(_require(report, f"{section}.manifest", list)):
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(file, str) or not file or Path(file).is_absolute() or ".." in Path(file).parts:
+            raise ValueError(f"{section}.manifest[{index}] is not a relative file inside the image folder")
+
+
+def read_report(path: str | Path) -> dict:
+    """A ``report.json`` as spnas-verify relies on it, or ``SpnasError`` in one line (see ``parse_report``)."""
+    from spnas.errors import SpnasError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpnasError(f"{path}: cannot read it ({exc.__class__.__name__})") from exc
+    return parse_report(text, path)
+
+
+def parse_report(text: str, source: str | Path = "report.json") -> dict:
+    """The report in ``text``, or ``SpnasError`` in one line naming ``source``: not JSON, a field missing or of the
+    wrong type, a manifest path outside its folder, or written by a newer spnas whose contract this one lacks."""
+    from spnas.errors import SpnasError
+
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpnasError(f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                         "re-export to rewrite it") from exc
+    except RecursionError as exc:
+        raise SpnasError(f"{source}: not a spnas report (nested too deeply to parse)") from exc
+    try:
+        if not isinstance(report, dict):
+            raise ValueError(f"the top level is {type(report).__name__}, expected an object")
+        version = _require(report, "spnas_version", str)
+        ours, theirs = _version_tuple(__version__), _version_tuple(version)
+        if theirs is None:
+            raise ValueError(f"spnas_version {version[:40]!r} is not a version")
+        if theirs > ours:
+            raise SpnasError(f"{source}: written by spnas {version[:40]}, newer than this spnas {__version__}; "
+                             "upgrade spnas")
+        _require(report, "weights.source", str)
+        _check_manifest(report, "calibration")
+        _check_manifest(report, "parity_images")
+        _require(report, "artifacts", list)
+    except ValueError as exc:
+        raise SpnasError(f"{source}: not a spnas report ({exc}); re-export to rewrite it") from exc
+    return report

@@ -99,6 +99,8 @@ def parse_run_stats(line: str) -> dict:
     if "(all same)" in line or ("min" not in fields and fields["count"]):
         fields.update({key: fields["curr"] for key in ("min", "max", "avg", "median")})
         fields["std"] = 0.0
+    if fields["count"] and "avg" not in fields:  # a cut or garbled line (found by tests/test_fuzz.py)
+        raise ValueError(" (no avg)")
     return fields
 
 
@@ -150,7 +152,11 @@ def parse_benchmark_output(text: str) -> dict:
         raise BenchmarkOutputError(f"benchmark_model printed no result; last line: {last.strip()!r}")
     if "Inference (avg)" in compiled:
         output_format = "litert-compiled-model"
-    return _assemble(run_stats, summary or {}, compiled, memory, facts, output_format)
+    timed = [stats for stats in run_stats if stats["count"]]  # a "count=0" block timed nothing
+    record = _assemble(timed, summary or {}, compiled, memory, facts, output_format)
+    if record["latency_ms"]["mean"] is None and record["latency_ms"]["median"] is None:  # found by fuzzing
+        raise BenchmarkOutputError("benchmark_model output has no inference time in any form this parser knows")
+    return record
 
 
 def _assemble(run_stats, summary, compiled, memory, facts, output_format) -> dict:

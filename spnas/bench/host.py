@@ -131,9 +131,21 @@ def worker_main(connection, target: BenchTarget, threads: int, warmup: int, pixe
                 runner.invoke(prepared)
                 samples.append((time.perf_counter_ns() - start) / 1e6)
             connection.send(("samples", samples))
+    except SpnasError as exc:  # already one line naming its file
+        connection.send(("error", str(exc)))
     except Exception as exc:  # reported to the parent as one line; the worker has no terminal of its own
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        connection.send(("error", f"{type(exc).__name__}: {message}" if not isinstance(exc, SpnasError) else message))
+        connection.send(("failure", f"{type(exc).__name__}: {message}"))
+
+
+def death(exitcode: int | None) -> str:
+    """A worker that died without a word: a native crash in the runtime is named by its signal."""
+    import signal
+
+    if exitcode is not None and exitcode < 0:
+        return (f"the runtime crashed ({signal.Signals(-exitcode).name}) loading or running it; the file is corrupt "
+                "or not one spnas can run")
+    return f"benchmark worker died (exit code {exitcode})"
 
 
 class Worker:
@@ -149,9 +161,11 @@ class Worker:
         try:
             kind, payload = self.connection.recv()
         except EOFError as exc:
-            raise SpnasError(f"{self.target.label}: benchmark worker died (exit code {self.process.exitcode})") \
-                from exc
+            self.process.join(timeout=10)
+            raise SpnasError(f"{self.target.label}: {death(self.process.exitcode)}") from exc
         if kind == "error":
+            raise SpnasError(payload)
+        if kind == "failure":
             raise SpnasError(f"{self.target.label}: {payload}")
         if kind != expected:
             raise SpnasError(f"{self.target.label}: benchmark worker protocol error ({kind!r})")

@@ -25,6 +25,10 @@ def run_cli(body: Callable[[], int], debug: bool) -> int:
     SIGINT exits 130 and SIGTERM 143 (128 + the signal), each with one line, after the run's
     cleanup: staged outputs are dropped, so the output folder is as it was.
     """
+    from spnas.console import quiet_library_logs
+
+    if not debug:
+        quiet_library_logs()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:

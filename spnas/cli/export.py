@@ -181,7 +181,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     from spnas import create_model
     from spnas.export import ExportContext
     from spnas.images import split_images
-    from spnas.io import artifact_size
+    from spnas.io import artifact_sha256, artifact_size
     from spnas.quantize import load_plan
     from spnas.report import Report, build_report, write_report
     from spnas.verify import evaluate, thresholds_for
@@ -232,8 +232,8 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
                                   random_weights=weights.is_random)
             entry = {"format": artifact.format, "precision": artifact.precision,
                      "path": str(Path(artifact.path).relative_to(stage)),
-                     "size_bytes": artifact_size(artifact.path), **artifact.entry, **result,
-                     "details": artifact.details}
+                     "size_bytes": artifact_size(artifact.path), "sha256": artifact_sha256(artifact.path),
+                     **artifact.entry, **result, "details": artifact.details}
             if (args.fallback == "auto" and artifact.precision == "int8" and entry["passed"] is False
                     and not artifact.entry.get("app")):  # an app variant is not re-exported by the fallback
                 entry = int8_fallback(module, ctx, entry, parity.pixels, reference, thresholds, args, console)

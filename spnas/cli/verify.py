@@ -71,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_report_beside(artifact):
-    import json
+    """The export's report beside the artifact (its preprocessing, parity images and weights), if there is one."""
+    from spnas.report import read_report
 
     path = artifact.parent / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_report(path) if path.is_file() else None
 
 
 def parity_images(args, report, spec):
@@ -182,6 +183,7 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     import warnings
     from pathlib import Path
 
+    from spnas.artifact_intake import needs_probe, probe, require_spnas_metadata
     from spnas.console import Console, install_warning_format
     from spnas.errors import SpnasError
     from spnas.export import format_of, load_runner
@@ -206,10 +208,16 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
 
     devices = ai_hub_devices(args)
     report = load_report_beside(artifacts[0])
+    if unknown := [a for a in artifacts if needs_probe(a)]:
+        with console.step(f"opening {len(unknown)} artifact(s) no spnas export ran, in a probe process"):
+            probe(unknown)
+    runners = {}
+    for artifact in artifacts:  # before any image or reference work, so a bad artifact fails at once
+        runners[artifact] = load_runner(artifact)
+        require_spnas_metadata(runners[artifact], artifact)
     with console.step("loading reference weights"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         checkpoint = reference_checkpoint(args, report)
-    runners = {artifact: load_runner(artifact) for artifact in artifacts}
     spec = reference_spec(checkpoint, report, runners)
     with console.step("loading parity images"):
         images = parity_images(args, report, spec)
@@ -225,6 +233,7 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     for artifact in artifacts:
         with console.step(f"parity of {artifact.name} on {len(images)} images"):
             runner = runners[artifact]
+            check_compatible(runner, artifact, model, reference)
             entry = {"format": runner.format, "precision": runner.precision, "path": str(artifact),
                      "size_bytes": artifact_size(artifact),
                      **evaluate(runner, images.pixels, reference, thresholds=thresholds_for(runner.precision, args),
@@ -279,6 +288,16 @@ def verify_accuracy(args, report, checkpoint, spec, model, entries, console) -> 
     if report:
         check_disjoint(valset, report["calibration"]["manifest"])
     return validate_entries(valset, spec, TorchRunner(model, spec), entries, ".", args, console)
+
+
+def check_compatible(runner, artifact, model, reference) -> None:
+    """An artifact of another class count than the reference cannot be compared: say which weights it needs."""
+    from spnas.errors import SpnasError
+
+    classes = (getattr(runner, "metadata", None) or {}).get("spnas.num_classes")
+    if classes is not None and int(classes) != reference.shape[1]:
+        raise SpnasError(f"{artifact}: {classes} classes, but the reference ({model.weights_info.source}) has "
+                         f"{reference.shape[1]}; pass the weights it was exported from with --weights")
 
 
 def ai_hub_parity(artifact, runner, pixels, reference, thresholds, random_weights, devices, args, console) -> list:

@@ -277,6 +277,7 @@ class CoreMLRunner(RunnerBase):
         metadata = user_metadata(self.path)
         if "spnas.precision" not in metadata:
             raise SpnasError(f"{self.path}: not written by spnas-export (no spnas metadata)")
+        self.metadata = metadata
         self.precision = metadata["spnas.precision"]
         self.spec = spec_from_metadata(metadata)
         self.image_input = metadata["spnas.input"] == "image"

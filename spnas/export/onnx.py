@@ -343,6 +343,7 @@ class OnnxRunner(RunnerBase):
         proto = _load_proto(path)
         metadata = {p.key: p.value for p in proto.metadata_props}
         self.path = Path(path)
+        self.metadata = metadata
         self.spec = spec_from_metadata(metadata)
         quantized = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
         self.precision = metadata.get("spnas.precision", "int8" if quantized else "fp32")
