@@ -7,8 +7,9 @@ The targets and their contracts are ``tests/fuzz_targets.py`` (``tests/test_fuzz
 under hypothesis with a small budget). Each target runs in its own process, seeded with valid
 inputs, with spnas (and, for images, Pillow's Python plugins) instrumented for coverage. A
 contract violation stops that target and leaves the input under ``benchmarks/results/fuzz-crashes/``;
-anything found is fixed, gets a regression test and moves to ``tests/data/fuzz/`` as a seed. Writes ``benchmarks/results/fuzz.json``: runs, exec/s,
-coverage and findings per target, with the CPU model. Needs ``pip install atheris``.
+anything found is fixed, gets a regression test and moves to ``tests/data/fuzz/`` as a seed.
+Writes ``benchmarks/results/fuzz.json`` (merged per target): runs, exec/s, coverage and findings,
+with the CPU model. Needs ``pip install atheris`` (the ``fuzz`` extra).
 """
 
 from __future__ import annotations
