@@ -85,11 +85,15 @@ def test_help_is_instant():
     assert heavy.stdout.strip() == "[]"
 
 
-def assert_clean_failure(result: subprocess.CompletedProcess, out, expect: str, code: int = 2):
+def assert_clean_failure(result: subprocess.CompletedProcess, out, expect: str, code: int = 2, usage: bool = False):
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:") or "error" in line]
-    assert lines and expect in result.stderr, result.stderr
+    # progress and warnings are "spnas: ..." lines; the failure is one "error:" line, and nothing else is printed
+    # (a usage error is argparse's: the usage synopsis, then one "spnas-export: error:" line)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("spnas: ")
+             and not (usage and line.startswith(("usage: ", " ")))]
+    error = "spnas-export: error: " if usage else "error: "
+    assert len(lines) == 1 and lines[0].startswith(error) and expect in lines[0], result.stderr
     assert not out.exists() or not any(out.iterdir()), "a failed run left files behind"
 
 
@@ -125,7 +129,7 @@ def test_bad_calibration_folder(tmp_path, case):
 def test_usage_errors(tmp_path, argv, expect):
     result = subprocess.run([*EXPORT, *argv, "--out", str(tmp_path / "out")], capture_output=True, text=True,
                             timeout=60)
-    assert_clean_failure(result, tmp_path / "out", expect)
+    assert_clean_failure(result, tmp_path / "out", expect, usage=True)
 
 
 def test_output_path_that_is_a_file(tmp_path):
