@@ -75,8 +75,14 @@ def summarize(name: str, log_path: Path, returncode: int, seconds: int, elapsed:
             "exec_per_s": int(stats["average_exec_per_sec"]) if "average_exec_per_sec" in stats else None,
             "coverage": int(final[-1][1]) if final else None, "features": int(final[-1][2]) if final else None,
             "corpus": int(final[-1][3]) if final else None, "exit_code": returncode,
+            "earlier_findings": earlier_findings(name),
             "findings": [{"input": str(Path(f).relative_to(ROOT)) if Path(f).is_relative_to(ROOT) else f,
                           "error": error} for f in findings]}
+
+
+def earlier_findings(name: str) -> list[str]:
+    """Inputs earlier runs found, fixed and kept as seeds (each has a regression test in tests/test_fuzz.py)."""
+    return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "data" / "fuzz").glob(f"{name}-*"))
 
 
 def cpu_model() -> str:
