@@ -366,3 +366,21 @@ def test_imagefolder_layout_and_paired_interval(tmp_path, imagenet_dir):
     low, high = drop["top1_drop_ci95_pct"]
     assert 0 <= low < 4 < high <= 9
     assert drop["mcnemar"]["p_value"] == pytest.approx(0.21875)  # exact binomial, 6 discordant pairs
+
+
+def test_hf_hub_repo_from_the_cache(odd_folder, tmp_path, monkeypatch):
+    """``hf-hub:ORG/REPO`` in timm's hub layout, from the Hugging Face cache (no network: hub unreachable)."""
+    snapshot = tmp_path / "hub" / "models--me--my-finetune" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).symlink_to(odd_folder / name)
+    (tmp_path / "hub" / "models--me--my-finetune" / "refs").mkdir()
+    (tmp_path / "hub" / "models--me--my-finetune" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("spnas.weights.hub_reachable", lambda timeout=3.0: False)
+    from spnas.source import resolve_source
+
+    source = resolve_source("hf-hub:me/my-finetune")
+    assert source.class_names == ODD_NAMES and source.spec.input_size == 192
+    assert source.checkpoint.info.source == "hf-hub:me/my-finetune" and source.checkpoint.num_classes == 3
