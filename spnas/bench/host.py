@@ -194,6 +194,8 @@ def target_size_bytes(target: BenchTarget, runner) -> int:
     return sum(t.numel() * t.element_size() for t in runner.model.state_dict().values())
 
 
+SIMD_FLAGS = {"sse4_1", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
+              "avx512_bf16", "avx512_fp16", "amx_int8", "asimd", "asimddp", "i8mm", "sve"}
 RUNTIMES = {"tflite": "LiteRT (XNNPACK)", "onnx": "ONNX Runtime (CPU)", "coreml": "Core ML",
             "executorch": "ExecuTorch (XNNPACK)", PYTORCH: "PyTorch eager"}
 
@@ -244,8 +246,12 @@ def machine_facts() -> dict:
              "cpu_count": os.cpu_count(), "python": platform.python_version()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                facts["cpu_model"] = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                facts["cpu_model"] = value.strip()
+            elif key.strip() == "flags":  # the ISA extensions XNNPACK and ONNX Runtime pick their kernels by
+                facts["cpu_simd"] = sorted(set(value.split()) & SIMD_FLAGS)
+            if "cpu_model" in facts and "cpu_simd" in facts:
                 break
     except OSError:
         pass
