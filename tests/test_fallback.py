@@ -1,8 +1,9 @@
 """``spnas-export --int8 --fallback auto``: failing int8 layers kept in float, re-exported, re-verified.
 
 Real exporters and runtimes on the fixture weights.  With 32 calibration and 20 parity images of
-the CLI's seeded split, plain TFLite int8 measures 39.2 dB logit SQNR and the first fallback round
-40.5 dB, so a 40 dB floor fails the plain export and passes after one round.
+the CLI's seeded split, plain TFLite int8 measures below 39.8 dB logit SQNR and the first fallback
+round 39.9 dB (2026-12-02; 40.5 dB before the exporters followed the checkpoint's preprocessing
+spec), so a 39.8 dB floor fails the plain export and passes after one round.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-SQNR_FLOOR_DB = 40.0
+SQNR_FLOOR_DB = 39.8
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,8 @@ def previous_export(out: Path) -> Path:
 
 
 def one_error_line(result_stderr: str) -> str:
-    lines = result_stderr.splitlines()
+    """The one line besides "spnas: ..." progress (loading the weights comes before the lock on --out)."""
+    lines = [line for line in result_stderr.splitlines() if not line.startswith("spnas: ")]
     assert len(lines) == 1 and lines[0].startswith("error: "), result_stderr
     return lines[0]
 
