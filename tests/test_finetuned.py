@@ -236,17 +236,16 @@ def coarse8_split(imagenet_dir, tmp_path_factory):
     return root / "calib", root / "val.csv", rows
 
 
-@pytest.fixture(scope="session")
-def coarse8_export(coarse8_split, tmp_path_factory):
-    """``spnas-export --format all --int8 --weights spnasnet_100_coarse8 --val rows 600-799``, once per session."""
+def coarse8_run(split, tmp_path_factory, fmt: str):
+    """``spnas-export --format FMT --int8 --weights spnasnet_100_coarse8 --val rows 600-799``."""
     import subprocess
     import sys
 
     from conftest import shared_path
 
-    calib, val, _ = coarse8_split
-    out = tmp_path_factory.mktemp("coarse8-export") / "exports"
-    result = subprocess.run([sys.executable, "-m", "spnas.cli.export", "--format", "all", "--int8", "--weights",
+    calib, val, _ = split
+    out = tmp_path_factory.mktemp(f"coarse8-{fmt}") / "exports"
+    result = subprocess.run([sys.executable, "-m", "spnas.cli.export", "--format", fmt, "--int8", "--weights",
                              str(shared_path("spnasnet_100_coarse8")), "--calib", str(calib), "--val", str(val),
                              "--num-calib", "16", "--num-parity", "8", "--out", str(out)],
                             capture_output=True, text=True, timeout=1800)
@@ -255,13 +254,25 @@ def coarse8_export(coarse8_split, tmp_path_factory):
     return out, result
 
 
+@pytest.fixture(scope="session")
+def coarse8_export(coarse8_split, tmp_path_factory):
+    """The TFLite fp32 and int8 export with --val, once per session (the every-format run is ``-m slow``)."""
+    return coarse8_run(coarse8_split, tmp_path_factory, "tflite")
+
+
+@pytest.fixture(scope="session")
+def coarse8_all_export(coarse8_split, tmp_path_factory):
+    return coarse8_run(coarse8_split, tmp_path_factory, "all")
+
+
 COARSE8 = ["dog", "bird", "reptile_or_amphibian", "invertebrate", "other_animal", "object", "food", "scene_or_plant"]
 
 
-def test_coarse8_every_format_has_8_labelled_classes_and_passes(coarse8_export):
+@pytest.mark.slow
+def test_coarse8_every_format_has_8_labelled_classes_and_passes(coarse8_all_export):
     from spnas.export import format_of, load_runner
 
-    out, _ = coarse8_export
+    out, _ = coarse8_all_export
     report = json.loads((out / "report.json").read_text())
     assert report["classes"]["names"] == COARSE8 and report["classes"]["source"] == "config.json label_names"
     formats = {(e["format"], e["precision"]) for e in report["artifacts"]}
