@@ -97,7 +97,8 @@ def assert_clean_failure(result: subprocess.CompletedProcess, out, expect: str, 
     assert not out.exists() or not any(out.iterdir()), "a failed run left files behind"
 
 
-@pytest.mark.parametrize("case", ["truncated", "wrong-arch", "nan", "code", "missing"])
+# every BAD_CHECKPOINTS case is refused in test_weights; here two end to end: one line, exit 2, nothing written
+@pytest.mark.parametrize("case", ["truncated", "code"])
 def test_bad_checkpoint(tmp_path, case, imagenet_dir):
     weights = write_bad_checkpoint(tmp_path, case, spnas.create_model("random").state_dict())
     out = tmp_path / "out"
