@@ -29,22 +29,23 @@ PROBE_TIMEOUT_S = 300.0
 NATIVE_FORMATS = ("tflite", "onnx", "executorch")  # runtimes in C++; CoreML runs in spnas.mil_eval (numpy) here
 
 
-def needs_probe(path: Path) -> bool:
-    """A native runtime's artifact that its own export did not already run: spnas-export's parity step loaded
-    and ran every file whose sha256 the ``report.json`` beside it records."""
+def unprobed(paths: list[Path]) -> list[Path]:
+    """The native runtimes' artifacts that their own export did not already run: spnas-export's parity step
+    loaded and ran every file whose sha256 the ``report.json`` beside it records (each folder's report read once)."""
     from spnas.export import format_of
     from spnas.io import sha256_file
     from spnas.report import read_report
 
-    if format_of(path) not in NATIVE_FORMATS:
-        return False
-    try:
-        report = read_report(path.parent / "report.json")
-    except SpnasError:
-        return True
-    recorded = {entry.get("sha256") for entry in report["artifacts"]
-                if isinstance(entry, dict) and Path(str(entry.get("path", ""))).name == path.name}
-    return sha256_file(path) not in recorded
+    recorded: dict[Path, set] = {}
+    for folder in {path.parent for path in paths}:
+        try:
+            entries = read_report(folder / "report.json")["artifacts"]
+        except SpnasError:
+            entries = []
+        recorded[folder] = {(Path(str(e.get("path", ""))).name, e.get("sha256"))
+                            for e in entries if isinstance(e, dict)}
+    return [path for path in paths if format_of(path) in NATIVE_FORMATS
+            and (path.name, sha256_file(path)) not in recorded[path.parent]]
 
 
 def require_spnas_metadata(runner, path: Path) -> None:
@@ -55,14 +56,9 @@ def require_spnas_metadata(runner, path: Path) -> None:
 
 
 def probe_input(runner) -> np.ndarray:
-    """One mid-grey crop of the artifact's own input size."""
-    size = runner_input_size(runner)
+    """One mid-grey crop of the artifact's own input size (every native runner reads its spec back as ``spec``)."""
+    size = runner.spec.input_size
     return np.full((1, size, size, 3), 128, dtype=np.uint8)
-
-
-def runner_input_size(runner) -> int:
-    spec = getattr(runner, "spec", None) or getattr(runner, "preprocessing", None)
-    return spec.input_size
 
 
 def _probe_child(paths: list[Path], report_fd: int) -> None:

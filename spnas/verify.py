@@ -83,6 +83,17 @@ def summary_table(entries: list[dict]) -> str:
     return format_table(TABLE_HEADERS, table_rows(entries))
 
 
+def print_results(report) -> list[dict]:
+    """The parity table of a ``spnas.report.Report``, and with ``--val`` its accuracy table; returns the entries."""
+    entries = [artifact.to_dict() for artifact in report.artifacts]
+    print(summary_table(entries))
+    if report.validation is not None:
+        from spnas.validation import accuracy_table
+
+        print(accuracy_table(report.validation, entries))
+    return entries
+
+
 def summary_markdown(entries: list[dict]) -> str:
     return markdown_table(TABLE_HEADERS, table_rows(entries))
 

@@ -7,7 +7,6 @@ parity is measured on the 40 held-out ``parity_pixels`` against the PyTorch refe
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -30,9 +29,9 @@ INT8_MIN_TOP1 = 0.95
 
 
 def cpu_has_vnni() -> bool:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    flags = next((line for line in lines if line.startswith("flags")), "").split()
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    from spnas.bench.host import machine_facts
+
+    return bool({"avx512_vnni", "avx_vnni"} & set(machine_facts().get("cpu_simd", [])))
 
 
 # Without VNNI (AVX2 only), ONNX Runtime's U8S8 kernels saturate their 16-bit pair sums: the same export

@@ -113,17 +113,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli_export(args: argparse.Namespace) -> int:
     """``run_export`` with the tables and the exit code of the command line."""
-    from spnas.verify import summary_table
+    from spnas.verify import print_results
 
     report = run_export(args)
     if report is None:
         return 1
-    entries = [a.to_dict() for a in report.artifacts]
-    print(summary_table(entries))
-    if report.validation is not None:
-        from spnas.validation import accuracy_table
-
-        print(accuracy_table(report.validation, entries))
+    entries = print_results(report)
     if report.weights["source"] == "random":
         print("spnas: warning: random weights: NOT FOR DEPLOYMENT (int8 gate not applicable)", file=sys.stderr)
     print(f"\nwrote {len(entries)} artifact(s) and {Path(args.out) / 'report.json'}")

@@ -143,17 +143,12 @@ def cli_verify(args: argparse.Namespace) -> int:
     """``run_verify`` with the tables and the exit code of the command line."""
     from pathlib import Path
 
-    from spnas.verify import summary_table
+    from spnas.verify import print_results
 
     report = run_verify(args, raise_job_failures=False)
     if report is None:
         return 1
-    entries = [a.to_dict() for a in report.artifacts]
-    print(summary_table(entries))
-    if report.validation is not None:
-        from spnas.validation import accuracy_table
-
-        print(accuracy_table(report.validation, entries))
+    entries = print_results(report)
     for entry in entries:
         for failure in entry["gate"]["failures"]:
             print(f"FAIL {Path(entry['path']).name}: {failure}")
@@ -183,7 +178,7 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     import warnings
     from pathlib import Path
 
-    from spnas.artifact_intake import needs_probe, probe, require_spnas_metadata
+    from spnas.artifact_intake import probe, require_spnas_metadata, unprobed
     from spnas.console import Console, install_warning_format
     from spnas.errors import SpnasError
     from spnas.export import format_of, load_runner
@@ -208,7 +203,7 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
 
     devices = ai_hub_devices(args)
     report = load_report_beside(artifacts[0])
-    if unknown := [a for a in artifacts if needs_probe(a)]:
+    if unknown := unprobed(artifacts):
         with console.step(f"opening {len(unknown)} artifact(s) no spnas export ran, in a probe process"):
             probe(unknown)
     runners = {}
