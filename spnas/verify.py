@@ -19,6 +19,8 @@ from spnas.console import format_table, markdown_table
 from spnas.parity import DEFAULT_THRESHOLDS, Thresholds, compare, to_json_number
 
 RANDOM_NOT_APPLICABLE = "not applicable (random weights)"
+# Floor of the logit SQNR between two int8 artifacts of one plan; benchmarks/quant_plan.py measures the pairs.
+MIN_INT8_AGREEMENT_DB = 38.0
 
 
 def thresholds_for(precision: str, overrides) -> Thresholds:
@@ -45,6 +47,41 @@ def evaluate(runner, pixels: np.ndarray, reference_logits: np.ndarray, *, thresh
                  "failures": failures},
         "passed": passed,
     }
+
+
+def lowers_plan(entry: dict) -> bool:
+    """An int8 artifact that lowers the export's quant plan (not an app variant, not a format's own quantizer)."""
+    quantization = (entry.get("details") or {}).get("quantization") or {}
+    return entry["precision"] == "int8" and "plan" in quantization and not entry.get("app")
+
+
+def int8_agreement(logits: dict[str, np.ndarray], min_sqnr_db: float | None = None) -> dict | None:
+    """Cross-format consistency: logit SQNR and top-1 agreement of every pair of int8 artifacts of one plan.
+
+    All of them lower the same plan, so they compute nearly the same function and must agree with
+    each other far more closely than each agrees with float; a pair below ``min_sqnr_db`` means one
+    format's lowering drifted from the plan.  None with fewer than two artifacts.
+    """
+    floor = MIN_INT8_AGREEMENT_DB if min_sqnr_db is None else min_sqnr_db
+    paths = sorted(logits)
+    pairs = []
+    for i, first in enumerate(paths):
+        for second in paths[i + 1:]:
+            metrics = compare(logits[first], logits[second])
+            sqnr = metrics["sqnr_db"]
+            pairs.append({"artifacts": [first, second], "sqnr_db": to_json_number(sqnr),
+                          "top1_agreement": metrics["top1_agreement"], "passed": bool(sqnr >= floor)})
+    if not pairs:
+        return None
+    return {"min_sqnr_db": floor, "pairs": pairs, "passed": all(pair["passed"] for pair in pairs)}
+
+
+def agreement_table(agreement: dict) -> str:
+    rows = [[Path(a).name, Path(b).name, "inf" if isinstance(pair["sqnr_db"], str) else f"{pair['sqnr_db']:.1f}",
+             f"{pair['top1_agreement']:.3f}", "PASSED" if pair["passed"] else "FAILED"]
+            for pair in agreement["pairs"] for a, b in [pair["artifacts"]]]
+    return (f"\nint8 artifacts against each other (one quant plan; floor {agreement['min_sqnr_db']:g} dB):\n"
+            + format_table(["artifact", "artifact", "SQNR dB", "top1", "gate"], rows))
 
 
 class RecordedOutputs:
@@ -91,6 +128,8 @@ def print_results(report) -> list[dict]:
         from spnas.validation import accuracy_table
 
         print(accuracy_table(report.validation, entries))
+    if report.int8_agreement is not None:
+        print(agreement_table(report.int8_agreement))
     return entries
 
 

@@ -73,7 +73,19 @@ def reference_logits(fixture_model, parity_pixels) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def tflite_artifacts(fixture_model, calib_pixels, tmp_path_factory) -> dict:
+def quant_plan(fixture_model, calib_pixels):
+    """The int8 plan of the fixture weights on ``calib_pixels``, shared by every format's int8 fixture
+    (computing it takes longer than lowering it)."""
+    from spnas.folding import fold_batchnorm
+    from spnas.preprocess import DEFAULT_SPEC
+    from spnas.quantize import PixelBatches, build_plan
+
+    return build_plan(fold_batchnorm(fixture_model), PixelBatches(calib_pixels, DEFAULT_SPEC), DEFAULT_SPEC,
+                      weights_sha256=fixture_model.weights_info.sha256)
+
+
+@pytest.fixture(scope="session")
+def tflite_artifacts(fixture_model, calib_pixels, quant_plan, tmp_path_factory) -> dict:
     """fp32, fp16 and int8 TFLite exports of the fixture weights, shared by every test that needs one."""
     from spnas.export import ExportContext
     from spnas.export.tflite import export
@@ -81,7 +93,7 @@ def tflite_artifacts(fixture_model, calib_pixels, tmp_path_factory) -> dict:
 
     ctx = ExportContext(model=fixture_model, weights=fixture_model.weights_info, preprocessing=DEFAULT_SPEC,
                         calibration_pixels=calib_pixels, out_dir=tmp_path_factory.mktemp("tflite"), int8=True,
-                        fp16=True, progress=lambda message: None)
+                        fp16=True, quant_plan=quant_plan, progress=lambda message: None)
     return {artifact.precision: artifact for artifact in export(ctx)}
 
 

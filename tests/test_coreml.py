@@ -1,7 +1,10 @@
 """CoreML export: real coremltools conversion, parity from the saved packages via spnas.mil_eval.
 
-Two exports per module: the defaults (fp16 + W8A8) and the variants (fp32 with an image
-input + weight-only W8).  On macOS the packages are also run with ``MLModel.predict``.
+Exports, once per session: the defaults (fp16 + the W8A8 lowering of the int8 plan), the
+variants (fp32 with an image input + weight-only W8) and a plan with float layers (W8A8
+lowerings checked against the plan and its torch simulation; a broken plan failing parity in
+every format: ``test_quantize.py``).  On macOS the
+packages are also run with ``MLModel.predict``.
 """
 
 from __future__ import annotations
@@ -10,32 +13,54 @@ import json
 import shutil
 import struct
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from spnas.errors import SpnasError
 from spnas.export import ExportContext
-from spnas.parity import DEFAULT_THRESHOLDS, compare
-from spnas.preprocess import DEFAULT_SPEC
+from spnas.parity import DEFAULT_THRESHOLDS, compare, sqnr_db
+from spnas.preprocess import DEFAULT_SPEC, normalize
 
 pytestmark = pytest.mark.parity
 
 VARIANT_IMAGES = 8  # the variant export is checked on the first parity images only, to keep CI cheap
+SIMULATION_TOLERANCE_DB = 1.0  # |SQNR(coreml, ref) - SQNR(simulation, ref)|
+MIN_SQNR_VS_SIMULATION_DB = 38.0  # measured 41.5 dB (fp16 compute, protocol images), 44.5 dB at fp32 compute
+FLOAT_LAYERS = ["blocks.2.0.conv_pw", "classifier"]
 
 
-def export(model, calib_pixels, out_dir, **options):
+def export(model, calib_pixels, out_dir, quant_plan=None, **options):
     from spnas.export import coreml
 
     ctx = ExportContext(model=model, weights=model.weights_info, preprocessing=DEFAULT_SPEC,
                         calibration_pixels=calib_pixels, out_dir=out_dir, int8=True, options=options,
-                        progress=lambda message: None)
+                        quant_plan=quant_plan, progress=lambda message: None)
     return {artifact.precision: artifact for artifact in coreml.export(ctx)}
 
 
-@pytest.fixture(scope="module")
-def default_artifacts(fixture_model, calib_pixels, tmp_path_factory):
-    return export(fixture_model, calib_pixels, tmp_path_factory.mktemp("coreml"))
+@pytest.fixture(scope="session")
+def default_artifacts(fixture_model, calib_pixels, quant_plan, tmp_path_factory):
+    """fp16 and the W8A8 package lowering the session's int8 plan: the session's one W8A8 export."""
+    return export(fixture_model, calib_pixels, tmp_path_factory.mktemp("coreml"), quant_plan=quant_plan)
+
+
+@pytest.fixture(scope="session")
+def default_plan(default_artifacts, quant_plan):
+    """The plan the default export lowered, as it wrote it (quant_plan.json)."""
+    from spnas.quantize import PLAN_FILE, load_plan
+
+    written = load_plan(default_artifacts["int8"].path.parent / PLAN_FILE)
+    assert written == quant_plan
+    return written
+
+
+@pytest.fixture(scope="session")
+def folded(fixture_model):
+    from spnas.folding import fold_batchnorm
+
+    return fold_batchnorm(fixture_model)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +70,15 @@ def variant_artifacts(fixture_model, calib_pixels, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def default_metrics(default_artifacts, parity_pixels, reference_logits):
+def default_logits(default_artifacts, parity_pixels):
     from spnas.export.coreml import load
 
-    return {precision: compare(reference_logits, load(artifact.path).run(parity_pixels))
-            for precision, artifact in default_artifacts.items()}
+    return {precision: load(artifact.path).run(parity_pixels) for precision, artifact in default_artifacts.items()}
+
+
+@pytest.fixture(scope="module")
+def default_metrics(default_logits, reference_logits):
+    return {precision: compare(reference_logits, logits) for precision, logits in default_logits.items()}
 
 
 def mil_spec(path):
@@ -68,6 +97,7 @@ def test_default_export_writes_fp16_and_w8a8_packages(default_artifacts):
         assert artifact.details["deployment_target"].startswith("iOS17")
         assert artifact.details["compute_precision"] == "fp16"
     assert default_artifacts["int8"].details["int8_variant"] == "w8a8"
+    assert default_artifacts["int8"].details["quantization"]["plan"] == "quant_plan.json"
     assert not list(default_artifacts["fp16"].path.parent.glob(".*.tmp"))  # atomic writes left no temp dirs
 
 
@@ -136,7 +166,7 @@ def test_w8a8_package_matches_reference(default_metrics):
     assert not DEFAULT_THRESHOLDS["int8"].failures(metrics), metrics
 
 
-def test_w8a8_package_has_int8_weights_and_activation_quantization(default_artifacts):
+def test_w8a8_package_has_int8_weights_and_activation_quantization(default_artifacts, folded):
     from coremltools.proto import MIL_pb2
 
     from spnas.io import artifact_size
@@ -149,10 +179,98 @@ def test_w8a8_package_has_int8_weights_and_activation_quantization(default_artif
     weight_types = {op.attributes["quantized_data"].type.tensorType.dataType
                     for op in ops if op.type == "constexpr_affine_dequantize"}
     assert weight_types == {MIL_pb2.DataType.Value("INT8")}
-    assert counts["quantize"] >= counts["conv"] and counts["dequantize"] >= counts["quantize"]
+    assert counts["quantize"] == counts["dequantize"] == len(folded.tensor_names())  # every tensor of the walk
     first_compute = next(op for op in ops if op.type not in ("const", "constexpr_affine_dequantize", "cast"))
     assert first_compute.type == "quantize"  # the network input itself is quantized
     assert artifact_size(default_artifacts["int8"].path) < 0.6 * artifact_size(default_artifacts["fp16"].path)
+
+
+def _argument(program, op, name: str):
+    """An op's argument as the evaluator resolves it (a named constant or an immediate value); None if absent."""
+    if name not in op.inputs:
+        return None
+    kind, content = op.inputs[name][0]
+    return program.constants[content] if kind == "name" else content
+
+
+def _grid(program, op) -> tuple[np.ndarray, int]:
+    """(scale, int8 zero point) of a quantize op: coremltools writes an int8 zero point of -128 as uint8 with
+    zero point 0 (no zero point), the same grid."""
+    zero_point = _argument(program, op, "zero_point")
+    zero_point = 0 if zero_point is None else int(zero_point)
+    return _argument(program, op, "scale"), zero_point - 128 if op.outputs[0][1].dtype == np.uint8 else zero_point
+
+
+def _layer_ops(program) -> list:
+    return [op for op in program.ops if op.type in ("conv", "linear")]
+
+
+def _int8_weights(weight: np.ndarray, scales, dtype) -> np.ndarray:
+    """What constexpr_affine_dequantize gives for the plan's int8 weights on scales stored as ``dtype``."""
+    from spnas.export.coreml_mil import int8_weight
+
+    stored = np.asarray(scales, np.float32).astype(dtype).astype(np.float32)
+    return (int8_weight(weight, scales).astype(np.float32) * stored.reshape(-1, *[1] * (weight.ndim - 1))).astype(dtype)
+
+
+def test_w8a8_program_carries_the_plan(default_artifacts, default_plan, folded):
+    """Every quantize / dequantize pair holds the plan's grid for its tensor, every layer the plan's int8
+    weights, per-channel scales and corrected bias (on its int32 grid); the fp16 pass stores scales as float16."""
+    from spnas.mil_eval import MilProgram
+    from spnas.quantize.simulate import conv_inputs, quantize_bias
+
+    program = MilProgram(default_artifacts["int8"].path)
+    quantizes = [op for op in program.ops if op.type == "quantize"]
+    consumers = {op.inputs["input"][0][1]: op for op in program.ops if op.type == "dequantize"}
+    assert len(quantizes) == len(folded.tensor_names())
+    for name, quantize in zip(folded.tensor_names(), quantizes, strict=True):
+        grid = default_plan.tensors[name]
+        scale, zero_point = _grid(program, quantize)
+        assert scale.dtype == np.float16 and scale == np.float16(grid.scale) and zero_point == grid.zero_point, name
+        dequantize = consumers[quantize.outputs[0][0]]
+        assert _argument(program, dequantize, "scale") == scale, name
+        assert int(_argument(program, dequantize, "zero_point") or 0) == int(_argument(program, quantize, "zero_point")
+                                                                              or 0), name
+    inputs = conv_inputs(folded)
+    for conv, op in zip(folded.layers(), _layer_ops(program), strict=True):
+        layer = default_plan.layers[conv.name]
+        weight, bias = _argument(program, op, "weight"), _argument(program, op, "bias")
+        np.testing.assert_array_equal(weight, _int8_weights(conv.weight, layer.weight_scales, np.float16),
+                                      err_msg=conv.name)
+        expected_bias = quantize_bias(layer.bias, default_plan.tensors[inputs[conv.name]].scale, layer.weight_scales)
+        np.testing.assert_array_equal(bias, expected_bias.astype(np.float16), err_msg=conv.name)
+
+
+def test_w8a8_logits_follow_the_plan_simulation(default_logits, default_plan, folded, parity_pixels,
+                                                reference_logits):
+    from spnas.quantize import simulate
+
+    simulated = simulate(folded, default_plan, normalize(parity_pixels, DEFAULT_SPEC))
+    coreml = default_logits["int8"]
+    gap = sqnr_db(reference_logits, coreml) - sqnr_db(reference_logits, simulated)
+    assert abs(gap) <= SIMULATION_TOLERANCE_DB, gap
+    assert sqnr_db(simulated, coreml) > MIN_SQNR_VS_SIMULATION_DB
+
+
+def test_float_layers_keep_float_weights(fixture_model, default_plan, folded, tmp_path):
+    """plan.float_layers: those layers take float weights and the plan's unrounded bias; their outputs
+    (every tensor) stay quantized."""
+    from spnas.mil_eval import MilProgram
+
+    plan = replace(default_plan, float_layers=FLOAT_LAYERS)
+    artifact = export(fixture_model, np.zeros((0, 224, 224, 3), np.uint8), tmp_path, quant_plan=plan)["int8"]
+    assert artifact.details["quantization"]["float_layers"] == FLOAT_LAYERS
+    program = MilProgram(artifact.path)
+    assert program.op_counts["constexpr_affine_dequantize"] == 65 - len(FLOAT_LAYERS)
+    assert program.op_counts["quantize"] == len(folded.tensor_names())
+    for conv, op in zip(folded.layers(), _layer_ops(program), strict=True):
+        weight, bias = _argument(program, op, "weight"), _argument(program, op, "bias")
+        if conv.name in FLOAT_LAYERS:
+            np.testing.assert_array_equal(weight, conv.weight.astype(np.float16), err_msg=conv.name)
+            np.testing.assert_array_equal(bias, np.asarray(plan.layers[conv.name].bias).astype(np.float16))
+        else:
+            scales = plan.layers[conv.name].weight_scales
+            np.testing.assert_array_equal(weight, _int8_weights(conv.weight, scales, np.float16), err_msg=conv.name)
 
 
 def test_corrupted_weight_fails_the_parity_gate(default_artifacts, parity_pixels, reference_logits, tmp_path):

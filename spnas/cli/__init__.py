@@ -54,6 +54,9 @@ def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")
     parser.add_argument("--min-sqnr-db", type=float, metavar="Y", help="override the SQNR floor (dB)")
     parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")
+    parser.add_argument("--min-int8-agreement-db", type=float, metavar="D",
+                        help="floor of the logit SQNR between any two int8 artifacts that lower one quant plan "
+                             "(default: spnas.verify.MIN_INT8_AGREEMENT_DB, 38)")
 
 
 def add_validation_arguments(parser: argparse.ArgumentParser) -> None:

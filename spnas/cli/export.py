@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_threshold_arguments(parser)
     add_validation_arguments(parser)
     parser.add_argument("--fallback", choices=["off", "auto"], default="off",
-                        help="auto: when an int8 artifact fails its gate, keep the layers that lose the most SQNR "
-                             "in float, re-export and re-verify (up to 3 rounds; TFLite and ONNX)")
+                        help="auto: when the int8 plan's simulation fails the int8 gate, keep the layers that lose "
+                             "the most SQNR in float and re-plan (up to 3 simulated rounds), then export every "
+                             "format from that plan")
     parser.add_argument("--fallback-layers", type=int, default=3, metavar="N",
                         help="layers kept in float per fallback round (default 3)")
     parser.add_argument("--plan", metavar="FILE",
@@ -74,8 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "ImageClassifier loads as is (uint8 RGB in, softmax probabilities out, labels)")
     onnx = parser.add_argument_group("ONNX")
     onnx.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
-    onnx.add_argument("--onnx-calibration", choices=["percentile", "minmax", "entropy"], default="percentile",
-                      help="int8 activation range method (default percentile: +4 dB SQNR over minmax, 3x slower)")
     coreml = parser.add_argument_group("CoreML")
     coreml.add_argument("--fp32", action="store_true", help="float32 mlprogram instead of the float16 default")
     coreml.add_argument("--image-input", action="store_true",
@@ -179,7 +178,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     from spnas.io import artifact_sha256, artifact_size
     from spnas.quantize import load_plan
     from spnas.report import Report, build_report, write_report
-    from spnas.verify import evaluate, thresholds_for
+    from spnas.verify import RecordedOutputs, evaluate, int8_agreement, lowers_plan, thresholds_for
 
     spec = source.spec
     with warnings.catch_warnings(record=True) as more:
@@ -209,30 +208,36 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     from spnas.reference import TorchRunner
 
     reference = TorchRunner(model, spec).run(parity.pixels)
-    options = {k: getattr(args, k) for k in ("uint8_input", "app", "dynamic_batch", "onnx_calibration", "fp32",
-                                             "image_input", "coreml_int8_mode")}
-    entries = []
+    options = {k: getattr(args, k) for k in ("uint8_input", "app", "dynamic_batch", "fp32", "image_input",
+                                             "coreml_int8_mode")}
+    entries, int8_logits = [], {}
     plan = load_plan(args.plan) if args.plan else None
+    fallback_block = None
     for name, module in modules.items():
         ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
                             out_dir=stage, int8=args.int8, fp16=args.fp16, options=options, progress=console.info,
                             quant_plan=plan, class_names=source.class_names)
+        if args.fallback == "auto" and plan is None and not weights.is_random:
+            fallback_block = plan_fallback(ctx, parity.pixels, reference, thresholds_for("int8", args), args, console)
         with console.step(f"exporting {name}"):
             artifacts = module.export(ctx)
         plan = ctx.quant_plan  # computed by the first format that lowers it, then shared by the others
         for artifact in artifacts:
-            thresholds = thresholds_for(artifact.precision, args)
             with console.step(f"parity of {artifact.path.name} on {len(parity)} held-out images"):
-                result = evaluate(module.load(artifact.path), parity.pixels, reference, thresholds=thresholds,
-                                  random_weights=weights.is_random)
+                runner = module.load(artifact.path)
+                logits = runner.run(parity.pixels)
+                result = evaluate(RecordedOutputs(runner, logits), parity.pixels, reference,
+                                  thresholds=thresholds_for(artifact.precision, args), random_weights=weights.is_random)
             entry = {"format": artifact.format, "precision": artifact.precision,
                      "path": str(Path(artifact.path).relative_to(stage)),
                      "size_bytes": artifact_size(artifact.path), "sha256": artifact_sha256(artifact.path),
                      **artifact.entry, **result, "details": artifact.details}
-            if (args.fallback == "auto" and artifact.precision == "int8" and entry["passed"] is False
-                    and not artifact.entry.get("app")):  # an app variant is not re-exported by the fallback
-                entry = int8_fallback(module, ctx, entry, parity.pixels, reference, thresholds, args, console)
+            if lowers_plan(entry):
+                int8_logits[entry["path"]] = logits
+                if fallback_block:
+                    entry["fallback"] = fallback_block
             entries.append(entry)
+    agreement = int8_agreement(int8_logits, args.min_int8_agreement_db)
     validation = None
     if valset is not None:
         from spnas.validation import validate_entries
@@ -241,21 +246,31 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     report = Report.from_dict(build_report(weights=weights, preprocessing=spec, calibration=calib,
                                            parity_images=parity, artifacts=entries, warnings=messages,
                                            classes=source.classes_report(), overrides=source.overrides,
-                                           validation=validation),
-                              exit_code=0 if all(entry["passed"] is not False for entry in entries) else 1)
+                                           validation=validation, int8_agreement=agreement),
+                              exit_code=0 if all(entry["passed"] is not False for entry in entries)
+                              and (agreement is None or agreement["passed"]) else 1)
     write_report(report, stage / "report.json")
     if args.android_assets:
         sync_android_assets(stage, entries, args.android_assets, spec, source.class_names, console)
     return report
 
 
-def int8_fallback(module, ctx, entry, pixels, reference, thresholds, args, console) -> dict:
-    from spnas.fallback import fallback
+def plan_fallback(ctx, pixels, reference, thresholds, args, console) -> dict | None:
+    """``--fallback auto``: ``ctx.quant_plan`` becomes the plan whose simulation passes the int8 gate
+    (``spnas.quantize.fallback``); returns the fallback block of each int8 entry (None: nothing to fall back)."""
+    from spnas.folding import fold_batchnorm
+    from spnas.preprocess import normalize
+    from spnas.quantize import PixelBatches, plan_for
+    from spnas.quantize.fallback import fallback
 
-    if not hasattr(module, "explain"):
-        console.warn(f"--fallback auto: not available for {entry['format']} artifacts; {entry['path']} kept as is")
-        return entry
-    return fallback(module, ctx, entry, pixels, reference, thresholds, console, args.fallback_layers)
+    with console.step(f"int8 plan on {len(ctx.calibration_pixels)} images"):
+        plan = plan_for(ctx)
+    with console.step("fallback: simulating the plan against the int8 gate"):
+        ctx.quant_plan, block = fallback(fold_batchnorm(ctx.model), plan,
+                                         PixelBatches(ctx.calibration_pixels, ctx.preprocessing), ctx.preprocessing,
+                                         normalize(pixels, ctx.preprocessing), reference, thresholds,
+                                         args.fallback_layers, console.info)
+    return block
 
 
 def sync_android_assets(stage, entries, assets_dir, spec, class_names, console) -> None:

@@ -187,7 +187,7 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     from spnas.parity import Thresholds
     from spnas.reference import TorchRunner
     from spnas.report import Report
-    from spnas.verify import evaluate, summary_markdown, thresholds_for
+    from spnas.verify import RecordedOutputs, evaluate, int8_agreement, lowers_plan, summary_markdown, thresholds_for
 
     console = Console(args.quiet)
     install_warning_format(console)
@@ -224,17 +224,22 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
         console.warn("--strict: the reference weights are random; parity against them proves nothing")
         return None
     reference = TorchRunner(model, spec).run(images.pixels)
-    entries = []
+    entries, int8_logits = [], {}
+    plan_lowerings = {(artifact.parent / entry["path"]).resolve(): lowers_plan(entry)
+                      for artifact in artifacts[:1] for entry in (report or {}).get("artifacts", [])}
     for artifact in artifacts:
         with console.step(f"parity of {artifact.name} on {len(images)} images"):
             runner = runners[artifact]
             check_compatible(runner, artifact, model, reference)
+            logits = runner.run(images.pixels)
             entry = {"format": runner.format, "precision": runner.precision, "path": str(artifact),
                      "size_bytes": artifact_size(artifact),
-                     **evaluate(runner, images.pixels, reference, thresholds=thresholds_for(runner.precision, args),
-                                random_weights=random_weights)}
+                     **evaluate(RecordedOutputs(runner, logits), images.pixels, reference,
+                                thresholds=thresholds_for(runner.precision, args), random_weights=random_weights)}
+            if plan_lowerings.get(artifact.resolve()):
+                int8_logits[str(artifact)] = logits
         if args.explain and runner.precision == "int8":
-            entry["explain"] = explain(artifact, images.pixels, model, console)
+            entry["explain"] = explain(artifact, images.pixels, model, spec, console)
         if args.arm64:
             gate = Thresholds() if random_weights and runner.precision == "int8" else thresholds_for(runner.precision,
                                                                                                        args)
@@ -254,13 +259,15 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
                 entry["gate"]["failures"] += [f"{d['device']['name']}: " + "; ".join(d["gate"]["failures"])
                                               for d in failed]
         entries.append(entry)
+    agreement = int8_agreement(int8_logits, args.min_int8_agreement_db)
     validation = None
     if args.val:
         validation = verify_accuracy(args, report, checkpoint, spec, model, entries, console)
     result = Report.from_dict({"spnas_version": __version__, "weights": model.weights_info.to_dict(),
                                "images": {"n_images": len(images), "source": str(images.root)},
-                               "validation": validation, "artifacts": entries}, kind="verify",
-                              exit_code=0 if all(entry["passed"] is not False for entry in entries) else 1)
+                               "validation": validation, "artifacts": entries, "int8_agreement": agreement},
+                              kind="verify", exit_code=0 if all(entry["passed"] is not False for entry in entries)
+                              and (agreement is None or agreement["passed"]) else 1)
     if args.json:
         atomic_write_text(args.json, result.to_json())
     if args.markdown:
@@ -343,16 +350,25 @@ def device_table(entries: list[dict]) -> str:
          "gate"], rows)
 
 
-def explain(artifact, pixels, model, console) -> list[dict]:
-    """Per-layer int8 drift from the format module's ``explain`` hook, worst first."""
-    from spnas.errors import SpnasError
-    from spnas.export import format_module, format_of
+def explain(artifact, pixels, model, spec, console) -> list[dict]:
+    """Per-layer int8 drift of the plan the artifact lowers (the ``quant_plan.json`` beside it), worst first:
+    the torch int8 simulation that every format's runtime follows (``spnas.quantize.drift``)."""
+    from pathlib import Path
 
-    module = format_module(format_of(artifact))
-    if not hasattr(module, "explain"):
-        raise SpnasError(f"--explain is not available for {format_of(artifact)} artifacts")
-    with console.step(f"per-layer drift of {artifact.name}"):
-        layers = module.explain(artifact, pixels[:8], model)
+    from spnas.errors import SpnasError
+    from spnas.folding import fold_batchnorm
+    from spnas.preprocess import normalize
+    from spnas.quantize import PLAN_FILE, load_plan
+    from spnas.quantize.drift import layer_drift
+
+    plan_path = Path(artifact).parent / PLAN_FILE
+    if not plan_path.is_file():
+        raise SpnasError(f"--explain needs the {PLAN_FILE} that the export wrote beside {artifact}")
+    plan = load_plan(plan_path)
+    folded = fold_batchnorm(model)
+    plan.check(folded, model.weights_info.sha256)
+    with console.step(f"per-layer drift of {plan_path} (int8 simulation)"):
+        layers = layer_drift(folded, plan, normalize(pixels[:8], spec))
     return sorted(layers, key=lambda layer: layer["sqnr_db"])
 
 

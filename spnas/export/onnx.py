@@ -3,10 +3,11 @@
 **Exporter.** ``torch.onnx.export(..., dynamo=True)`` at opset 18.  On SPNasNet it gives a clean
 graph: BatchNorm is already folded into the convolutions by the onnxscript optimizer (124 nodes:
 Conv, Relu, Add, ReduceMean, Reshape, Gemm) and every initializer keeps its timm name
-(``blocks.3.1.conv_dw.weight``), which the per-layer error report relies on.  The TorchScript
-exporter produces the same op counts but anonymous ``onnx::Conv_576`` weights, so it is not used.
-The graph is then simplified with onnxsim and checked with ``onnx.checker`` (full check); Conv
-nodes are renamed to their timm module names (``blocks.3.1.conv_dw``).
+(``blocks.3.1.conv_dw.weight``; the folded biases ``blocks.3.1.conv_dw.weight_bias``, one per
+Conv, none shared, and onnxsim renames none).  The TorchScript exporter produces the same op
+counts but anonymous ``onnx::Conv_576`` weights, so it is not used.  The graph is then simplified
+with onnxsim and checked with ``onnx.checker`` (full check); Conv nodes and the Gemm are renamed to
+their timm module names (``blocks.3.1.conv_dw``, ``classifier``), which the int8 lowering relies on.
 
 **Input.** One tensor named ``input``: float32, NCHW ``(1, 3, S, S)`` (``(N, 3, S, S)`` with the
 ``dynamic_batch`` option; ``S`` the spec's input size), RGB, normalised as ``(pixel / 255 - mean) / std``
@@ -19,24 +20,50 @@ same float input and output: it quantizes its input itself (QDQ), so apps feed b
 ``producer_version``, ``model_version``, graph name ``spnasnet_100`` and a ``doc_string`` describing
 input, preprocessing and output, so Netron and ``InferenceSession.get_modelmeta()`` show them.
 
-**int8** (measured in ``benchmarks/onnx_int8.py``, figures in ``benchmarks/results/onnx_int8.json``):
-``quant_pre_process`` then ``quantize_static`` with QDQ, **uint8 activations / int8 per-channel
-symmetric weights (U8S8)**, no ``reduce_range``, ranges from the **Percentile (99.999)** calibrator,
-and the classifier Gemm kept in float.  Why each:
+**int8: the export's ``QuantPlan`` lowered, nothing calibrated here** (``lower``; the plan comes
+from ``spnas.quantize.plan_to_lower``, shared with TFLite and written to ``quant_plan.json``):
 
-- U8S8 is what ONNX Runtime's x86 kernels are built for (VNNI ``vpdpbusd`` is u8 x s8): on this
-  2-core VNNI CPU it runs at ~0.55x the fp32 time, while the S8S8 default runs at ~0.9-1.0x.
-- Per-channel weights add ~3 dB logit SQNR at no measurable speed cost; ``reduce_range`` (7-bit
-  weights, for CPUs without VNNI) costs ~2.5 dB.
-- Percentile 99.999 clips the rare activation outliers that MinMax spends the int8 grid on:
-  +3.9 dB and top-1 0.98 -> 0.99 on the fixture weights.  It calibrates ~4x slower than MinMax,
-  so ``--onnx-calibration minmax`` is offered (ctx option ``onnx_calibration``).
-- QDQ over QOperator: same speed and numbers once ORT fuses QDQ, and QDQ is the portable form
-  other execution providers (XNNPACK, NNAPI, QNN) consume.
-- The classifier (0.4% of the MACs) stays float: +0.5 dB on the logits, no speed cost.
+1. the fp32 model gets the plan's bias-corrected biases in its Conv / Gemm bias initializers
+   (found through each timm-named node's bias input; an error if a layer is missing either way);
+2. ``quant_pre_process``, then ``quantize_static``: QDQ, **uint8 activations / int8 per-channel
+   symmetric weights (U8S8)**, no ``reduce_range``.  Every activation's scale and zero point
+   (the plan's int8 grid; uint8 zero point = plan + 128, the same grid) and every layer's
+   per-channel weight scales are given as ``TensorQuantOverrides``; ORT 1.32 still insists on a
+   calibration reader or cache, so the plan's ranges go in as the ``TensorsData`` cache and no
+   image is run.  ``input`` is the graph input, a conv its Relu output (ORT drops the Relu and
+   puts the Conv output on that grid), ``blocks.S.B.add`` the Add, ``global_pool`` the
+   ReduceMean and the Reshape after it, ``classifier`` the logits: the classifier is int8 too.
+   ``plan.float_layers`` are ``nodes_to_exclude``; a plan tensor ORT then leaves float (outputs
+   read only by float nodes, e.g. a float classifier's logits) gets its QuantizeLinear ->
+   DequantizeLinear pair here, so float layers' outputs stay on the plan's grid as in the simulation;
+3. ``check_lowering`` then refuses (``SpnasError`` naming the tensor) a model in which any plan
+   tensor lacks its QuantizeLinear or has another scale (float32-equal) or zero point, anything
+   else is quantized, a weight scale differs from the plan's beyond float32 rounding, or an int32
+   bias does not dequantize to the plan's bias.  Same plan, same bytes (``--plan`` reproduces it).
 
-``ctx.options["float_layers"]`` (``spnas-export --fallback auto``) leaves more Conv nodes, by timm
-name, in float (ORT ``nodes_to_exclude``): a float Conv fed by a DequantizeLinear.
+Measured (``benchmarks/onnx_int8.py``, ``benchmarks/results/onnx_int8.json``: fixture weights,
+plan from labels.csv rows 0-127, rows 600-799; Intel(R) Xeon(R) Processor, 2 cores, AVX-512 VNNI,
+ONNX Runtime 1.32, a shared machine at load 3-5): logit SQNR 40.11 dB and top-1 agreement 0.995
+against the PyTorch reference, against 40.07 dB / 0.99 for the plan's own simulation (gap
++0.04 dB); ONNX against the simulation 43.6 dB, top-1 0.995.  ORT computes on the plan's
+grids and int32 biases (its stem output matches exact integer arithmetic but for 6e-7 of the
+values) and on the plan's int8 weights but for 8 of 4.4 M one step off (it rounds the exporter's
+float32 BatchNorm fold, not ``spnas.folding``'s); what separates it from the simulation is such
+one-step flips, which the net amplifies block by block, not the grids.
+Without VNNI, ORT's U8S8 kernels saturate 16-bit pair sums (``vpmaddubsw``) and leave the plan's
+function (the earlier ORT-calibrated export: 29.1 dB on an AVX2-only AMD EPYC, 38.0 dB with VNNI,
+on the tests' 40 parity images).
+
+Speed: int8 / fp32 latency 0.80x at 1 thread (6.1 vs 7.7 ms) and 0.88x at 2 threads (an earlier
+run: 0.77x / 0.81x; the machine is shared, two other jobs were running), short of the 0.7x
+target.  ORT's profiler (1 thread) puts the gap in the depthwise convolutions: int8 QLinearConv
+3.6 ms against 1.9 ms for fp32's NCHWc kernels, and the 3-channel stem 0.9 against 0.4 ms, while
+the pointwise convolutions, the head and the classifier run 2x faster in int8 (7.3 -> 3.3 ms).
+The knobs do not help: S8S8 (the same plan, int8 activations) is 1.26x fp32 (ORT leaves some
+convolutions unfused), ``session.qdqisint8allowed=1`` makes no difference to
+U8S8 and makes S8S8 7.5x slower, ``ORT_ENABLE_EXTENDED`` 0.97x.  QDQ over QOperator: the same
+kernels once ORT fuses QDQ (measured with the earlier calibrated export), and QDQ is the portable
+form other execution providers (XNNPACK, NNAPI, QNN) consume.
 
 ONNX Runtime session: ``ORT_ENABLE_ALL`` (it fuses DQ-Conv-Q into QLinearConv and moves int8
 convolutions to NHWC; fp32 gets NCHWc; BASIC/EXTENDED were 2.5x / 1.1x slower), sequential
@@ -53,7 +80,6 @@ import json
 import logging
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +91,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, Inva
 from spnas.errors import SpnasError
 from spnas.export import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.io import atomic_path
-from spnas.parity import sqnr_db
-from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
+from spnas.preprocess import DEFAULT_SPEC, normalize
 
 SUFFIX = ".onnx"
 OPSET = 18
@@ -75,34 +100,22 @@ OUTPUT_NAME = "logits"
 INPUT_DOC = ("input: float32 NCHW (N, 3, S, S), S = spnas.preprocessing input_size, RGB, (pixel / 255 - mean) / std "
              "with spnas.preprocessing; "
              "output logits: float32 (N, num_classes)")
-CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
-CALIBRATION_CHUNK = 16  # images per collect_data call: bounds the calibrator's memory
-
-
-@dataclass(frozen=True)
-class Int8Scheme:
-    """How the int8 model is quantized; the default is the measured choice (module docstring)."""
-
-    quant_format: str = "QDQ"  # or "QOperator"
-    activation_type: str = "uint8"  # or "int8"
-    per_channel: bool = True
-    reduce_range: bool = False
-    calibration: str = "percentile"  # one of CALIBRATION_METHODS
-    percentile: float = 99.999
-    float_classifier: bool = True
-
-    def to_dict(self) -> dict:
-        scheme = asdict(self)
-        if self.calibration != "percentile":
-            del scheme["percentile"]
-        return {**scheme, "weight_type": "int8 symmetric"}
+FORMAT = "onnx"
+LAYER_OPS = ("Conv", "Gemm")  # the plan's layers: every Conv, and the classifier Gemm
+POOL_OPS = ("ReduceMean", "GlobalAveragePool")
+RESHAPE_OPS = ("Reshape", "Flatten", "Squeeze")  # after the pool: same values, same grid
+SCHEME = {"quant_format": "QDQ", "activation_type": "uint8", "weight_type": "int8", "per_channel": True,
+          "reduce_range": False}
+SCHEME_TEXT = ("the quant plan lowered by onnxruntime quantize_static: QDQ, uint8 activations on the plan's int8 "
+               "grids (zero point + 128), int8 per-channel symmetric weights on the plan's scales, int32 biases "
+               "from the plan's corrected biases")
 
 
 # ---------------------------------------------------------------- fp32 export
 
 
 def export_float(model, *, dynamic_batch: bool = False, input_size: int = DEFAULT_SPEC.input_size):
-    """PyTorch model -> simplified, checked fp32 ``onnx.ModelProto`` with timm-named Conv nodes."""
+    """PyTorch model -> simplified, checked fp32 ``onnx.ModelProto`` with timm-named Conv and Gemm nodes."""
     import onnxsim
     import torch
 
@@ -128,7 +141,7 @@ def export_float(model, *, dynamic_batch: bool = False, input_size: int = DEFAUL
     if not ok:
         raise SpnasError("onnxsim could not validate the simplified ONNX graph")
     for node in simplified.graph.node:
-        if node.op_type == "Conv" and node.input[1].endswith(".weight"):
+        if node.op_type in LAYER_OPS and node.input[1].endswith(".weight"):
             node.name = node.input[1].removesuffix(".weight")
     onnx.checker.check_model(simplified, full_check=True)
     return simplified
@@ -176,92 +189,328 @@ def _load_proto(path: str | Path):
         raise SpnasError(f"{path}: not a valid ONNX file ({type(exc).__name__})") from exc
 
 
-# ---------------------------------------------------------------- int8
+# ---------------------------------------------------------------- int8: lowering the plan
 
 
-class PixelReader:
-    """ORT ``CalibrationDataReader`` over uint8 crops: one normalised image per call (static batch)."""
+def _grid(plan, name: str, activations: str = "uint8") -> tuple[np.ndarray, np.ndarray]:
+    """A plan tensor's grid as ONNX stores it: float32 scale and, for uint8 activations (the
+    default, U8S8), the uint8 zero point (plan + 128); ``"int8"`` (S8S8, studied in the benchmark)
+    keeps the plan's own."""
+    if activations == "uint8":
+        scale, zero_point = plan.tensors[name].as_uint8()
+        return np.asarray(scale, np.float32), np.asarray(zero_point, np.uint8)
+    if activations == "int8":
+        grid = plan.tensors[name]
+        return np.asarray(grid.scale, np.float32), np.asarray(grid.zero_point, np.int8)
+    raise SpnasError(f"onnx int8: activations {activations!r}: choose uint8 or int8")
 
-    def __init__(self, pixels: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC):
-        self.pixels, self.spec, self.index = pixels, spec, 0
 
-    def get_next(self) -> dict | None:
-        if self.index >= len(self.pixels):
-            return None
-        batch = normalize(self.pixels[self.index:self.index + 1], self.spec)
-        self.index += 1
-        return {INPUT_NAME: batch}
+def _layer_nodes(proto) -> dict:
+    """Conv and Gemm nodes by timm name (``export_float`` names them)."""
+    return {node.name: node for node in proto.graph.node if node.op_type in LAYER_OPS}
+
+
+def with_plan_biases(proto, plan):
+    """A copy of the fp32 model whose Conv / Gemm biases are the plan's corrected ones.
+
+    Layers are found by node name (timm name), their bias through the node's third input (the
+    dynamo exporter names the BN-folded Conv biases ``<layer>.weight_bias``, the Gemm's is
+    ``classifier.bias``); a bias initializer another node also reads gets a fresh one, so only
+    this layer changes.  Any layer of the plan missing from the graph, or of the graph missing
+    from the plan, is an error.
+    """
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    nodes = _layer_nodes(model)
+    _same_layers(nodes, plan)
+    initializers = {init.name: init for init in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for layer, quant in plan.layers.items():
+        node = nodes[layer]
+        bias = np.asarray(quant.bias, np.float32)
+        if node.op_type == "Gemm" and any(a.name == "beta" and a.f != 1.0 for a in node.attribute):
+            raise SpnasError(f"onnx int8: Gemm {layer} scales its bias (beta != 1); cannot set the plan's bias")
+        name = node.input[2] if len(node.input) > 2 else ""
+        if name and name not in initializers:
+            raise SpnasError(f"onnx int8: the bias of {layer} ({name}) is computed, not an initializer")
+        if not name or readers[name] > 1:
+            name = f"{layer}.plan_bias"
+            while name in initializers:
+                name += "_"
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = name
+            initializers[name] = model.graph.initializer.add()
+        elif int(np.prod(initializers[name].dims)) != bias.size:
+            raise SpnasError(f"onnx int8: bias of {layer} has {int(np.prod(initializers[name].dims))} values, "
+                             f"the plan {bias.size}")
+        shape = list(initializers[name].dims) or [bias.size]
+        initializers[name].CopyFrom(numpy_helper.from_array(bias.reshape(shape), name))
+    return model
+
+
+def _same_layers(nodes: dict, plan) -> None:
+    missing = [layer for layer in plan.layers if layer not in nodes]
+    extra = [name for name in nodes if name not in plan.layers]
+    if missing or extra:
+        raise SpnasError("onnx int8: the graph's Conv/Gemm nodes do not match the plan's layers "
+                         f"(not in the graph: {', '.join(missing) or '-'}; not in the plan: {', '.join(extra) or '-'})")
+
+
+def plan_tensors(proto, plan) -> dict[str, list[str]]:
+    """ONNX tensor names of every plan tensor, in plan order; works on the fp32 and the QDQ graph.
+
+    ``input`` is the graph input; a layer (timm name) is its Relu's output, and also the Conv
+    output before it (ORT removes the Relu and quantizes the Conv output on the Relu's grid); a
+    conv without ReLU (``conv_pwl``) its own output; ``blocks.S.B.add`` the Add that reads the
+    block's last conv; ``global_pool`` the ReduceMean reading ``conv_head`` and every Reshape /
+    Flatten / Squeeze after it (one grid for all); ``classifier`` the Gemm's output.  In a QDQ graph
+    QuantizeLinear -> DequantizeLinear pairs are looked through.  A tensor that cannot be found is an error.
+    """
+    graph = proto.graph
+    quantized_from = {}  # DequantizeLinear output -> the tensor its QuantizeLinear read
+    q_input = {node.output[0]: node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in q_input:
+            quantized_from[node.output[0]] = q_input[node.input[0]]
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for name in node.input:
+            consumers.setdefault(quantized_from.get(name, name), []).append(node)
+    nodes = _layer_nodes(proto)
+    _same_layers(nodes, plan)
+    layers = list(plan.layers)
+    found: dict[str, list[str]] = {}
+
+    def only(name: str, candidates: list, what: str):
+        if len(candidates) != 1:
+            raise SpnasError(f"onnx int8: plan tensor {name}: expected one {what} in the graph, "
+                             f"found {len(candidates)}")
+        return candidates[0]
+
+    for name in plan.tensors:
+        if name == "input":
+            found[name] = [only(name, [i.name for i in graph.input if i.name == INPUT_NAME], f"input {INPUT_NAME!r}")]
+        elif name in nodes:
+            out = nodes[name].output[0]
+            following = consumers.get(out, [])
+            if len(following) == 1 and following[0].op_type == "Relu":
+                found[name] = [following[0].output[0], out]
+            else:
+                found[name] = [out]
+        elif name.endswith(".add"):
+            block = name.removesuffix(".add") + "."
+            last = [layer for layer in layers if layer.startswith(block)]
+            source = found[last[-1]][0] if last else ""
+            found[name] = [only(name, [n.output[0] for n in consumers.get(source, []) if n.op_type == "Add"], "Add")]
+        elif name == "global_pool":
+            source = found[layers[-2]][0]  # the head conv feeds the pool
+            pool = only(name, [n for n in consumers.get(source, []) if n.op_type in POOL_OPS], "ReduceMean")
+            chain = [pool.output[0]]
+            while len(following := consumers.get(chain[-1], [])) == 1 and following[0].op_type in RESHAPE_OPS:
+                chain.append(following[0].output[0])
+            found[name] = chain
+        else:
+            raise SpnasError(f"onnx int8: plan tensor {name} has no counterpart in the ONNX graph")
+    return found
 
 
 def prepare_for_quantization(float_path: Path, out_path: Path) -> Path:
-    """ORT's ``quant_pre_process``: symbolic shape inference and graph cleanup before calibration."""
+    """ORT's ``quant_pre_process``: symbolic shape inference and graph cleanup before quantization."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     quant_pre_process(str(float_path), str(out_path))
     return out_path
 
 
-def calibrate(model_path: Path, pixels: np.ndarray, method: str = "percentile", percentile: float = 99.999,
-              spec: PreprocessSpec = DEFAULT_SPEC, work_dir: Path | None = None):
-    """Activation ranges (ORT ``TensorsData``) from calibration crops, fed in chunks.
+def quant_overrides(proto, plan, tensors: dict[str, list[str]], activations: str = "uint8") -> dict:
+    """ORT ``TensorQuantOverrides``: every activation on its plan grid (uint8), every int8 layer's
+    weights on the plan's per-channel scales (symmetric, zero point 0, axis 0: Conv's output
+    channels, the Gemm's rows since it reads ``transB=1``)."""
+    overrides = {}
+    for name, onnx_names in tensors.items():
+        scale, zero_point = _grid(plan, name, activations)
+        for tensor in onnx_names:
+            overrides[tensor] = [{"scale": scale, "zero_point": zero_point}]
+    for layer, node in _layer_nodes(proto).items():
+        if layer in plan.float_layers:
+            continue
+        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
+            raise SpnasError(f"onnx int8: Gemm {layer} does not read its weight transposed (transB=1)")
+        overrides[node.input[1]] = [{"axis": 0, "scale": np.asarray(scale, np.float32),
+                                     "zero_point": np.asarray(0, np.int8)}
+                                    for scale in plan.layers[layer].weight_scales]
+    return overrides
 
-    We drive ORT's calibrator ourselves rather than through ``quantize_static`` so memory stays
-    bounded for any number of images (the histogram calibrators otherwise hold every activation
-    of every image; ``CalibMaxIntermediateOutputs`` with MinMax silently drops data in ORT 1.32).
-    """
+
+def _plan_ranges(plan, tensors: dict[str, list[str]]):
+    """The plan's ranges as ORT ``TensorsData``: ``quantize_static`` needs a range for every tensor
+    it quantizes (the overrides then set scale and zero point exactly); nothing is calibrated."""
     from onnxruntime.quantization import CalibrationMethod
-    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
-    if method not in CALIBRATION_METHODS:
-        raise SpnasError(f"onnx calibration {method!r}: choose from {', '.join(CALIBRATION_METHODS)}")
-    if len(pixels) == 0:
-        raise SpnasError("int8 ONNX export needs at least one calibration image")
-    methods = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
-               "entropy": CalibrationMethod.Entropy}
-    options = {"percentile": percentile, "symmetric": True} if method == "percentile" else {}
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp, contextlib.redirect_stdout(io.StringIO()):
-        calibrator = create_calibrator(Path(model_path), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=methods[method], extra_options=options)
-        for start in range(0, len(pixels), CALIBRATION_CHUNK):
-            calibrator.collect_data(PixelReader(pixels[start:start + CALIBRATION_CHUNK], spec))
-        ranges = calibrator.compute_data()
-        del calibrator
-    return ranges
+    data = {}
+    for name, onnx_names in tensors.items():
+        low, high = plan.tensors[name].range
+        for tensor in onnx_names:
+            data[tensor] = TensorData(lowest=np.float32(low), highest=np.float32(high))
+    return TensorsData(CalibrationMethod.MinMax, data)
 
 
-def quantize(prepared_path: Path, out_path: Path, ranges, scheme: Int8Scheme = Int8Scheme(),
-             float_layers=()) -> Path:
-    """``quantize_static`` of a pre-processed fp32 model with precomputed activation ranges.
+def lower(float_proto, plan, work_dir: Path, activations: str = "uint8"):
+    """The int8 QDQ ``onnx.ModelProto`` of a ``QuantPlan``, checked against it (``check_lowering``).
 
-    ``float_layers``: timm names of Conv nodes left in float (``spnas-export --fallback auto``).
+    The fp32 model gets the plan's biases, then ``quant_pre_process`` and ``quantize_static``
+    (QDQ, U8S8, per-channel, no reduce_range) with every activation grid and weight scale given as
+    ``TensorQuantOverrides`` and the plan's ranges as the calibration cache; ``plan.float_layers``
+    are ``nodes_to_exclude``.  ``activations="int8"`` gives S8S8 instead (slower here: see the module
+    docstring); only the benchmark asks for it.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    nodes = onnx.load(str(prepared_path), load_external_data=False).graph.node
-    missing = sorted(set(float_layers) - {n.name for n in nodes if n.op_type == "Conv"})
-    if missing:
-        raise SpnasError(f"float layer(s) not in the ONNX graph: {', '.join(missing)}")
-    excluded = [n.name for n in nodes if n.op_type == "Gemm"] if scheme.float_classifier else []
-    excluded += list(float_layers)
-    with tempfile.TemporaryDirectory(dir=Path(out_path).parent) as tmp:
-        cache = Path(tmp) / "ranges.json"
-        save_tensors_data(ranges, cache)
-        quantize_static(str(prepared_path), str(out_path), None,
-                        quant_format=getattr(QuantFormat, scheme.quant_format),
-                        activation_type=types[scheme.activation_type], weight_type=QuantType.QInt8,
-                        per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
-                        calibrate_method=ranges.calibration_method, nodes_to_exclude=excluded,
-                        calibration_cache_path=cache)
-    return Path(out_path)
+    _grid(plan, "input", activations)  # an unknown activation type fails before any work
+    work_dir = Path(work_dir)
+    biased = work_dir / "plan_biases.onnx"
+    onnx.save(with_plan_biases(float_proto, plan), str(biased))
+    prepared_path = prepare_for_quantization(biased, work_dir / "prepared.onnx")
+    prepared = onnx.load(str(prepared_path))
+    tensors = plan_tensors(prepared, plan)
+    cache = work_dir / "plan_ranges.json"
+    save_tensors_data(_plan_ranges(plan, tensors), cache)
+    out_path = work_dir / "int8.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(str(prepared_path), str(out_path), None, quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True,
+                        reduce_range=False, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=list(plan.float_layers), calibration_cache_path=cache,
+                        extra_options={"TensorQuantOverrides": quant_overrides(prepared, plan, tensors, activations),
+                                       "ActivationSymmetric": False, "WeightSymmetric": True})
+    quantized = onnx.load(str(out_path))
+    _quantize_float_gaps(quantized, plan, activations)
+    check_lowering(quantized, plan, activations)
+    return quantized
 
 
-def scheme_from_options(options: dict) -> Int8Scheme:
-    method = options.get("onnx_calibration", "percentile")
-    if method not in CALIBRATION_METHODS:
-        raise SpnasError(f"--onnx-calibration {method!r}: choose from {', '.join(CALIBRATION_METHODS)}")
-    return Int8Scheme(calibration=method)
+def _quantize_float_gaps(model, plan, activations: str = "uint8") -> None:
+    """Give a QuantizeLinear -> DequantizeLinear pair to every plan tensor ORT left float.
+
+    A float layer's output is still on the plan's grid (as in the simulation), but ORT quantizes
+    a tensor only for a quantized node: the output of a float layer read only by float nodes (two
+    adjacent float layers, a float classifier's logits and the pool feeding it) stays float.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    quantized = {node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"}
+    outputs = {value.name for value in graph.output}
+    for name, tensors in plan_tensors(model, plan).items():
+        if quantized.intersection(tensors):
+            continue
+        tensor = tensors[-1] if name == "global_pool" else tensors[0]  # after the Reshape; after the ReLU
+        scale, zero_point = _grid(plan, name, activations)
+        source, result = tensor, f"{tensor}_DequantizeLinear_Output"
+        nodes = list(graph.node)
+        if tensor in outputs:  # the graph output keeps its name: the producer writes a new one
+            source, result = f"{tensor}_QuantizeLinear_Input", tensor
+            for node in nodes:
+                node.output[:] = [source if out == tensor else out for out in node.output]
+        else:
+            for node in nodes:
+                node.input[:] = [result if value == tensor else value for value in node.input]
+        graph.initializer.extend([numpy_helper.from_array(scale, f"{tensor}_scale"),
+                                  numpy_helper.from_array(zero_point, f"{tensor}_zero_point")])
+        pair = [helper.make_node("QuantizeLinear", [source, f"{tensor}_scale", f"{tensor}_zero_point"],
+                                 [f"{tensor}_QuantizeLinear_Output"], f"{tensor}_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [f"{tensor}_QuantizeLinear_Output", f"{tensor}_scale",
+                                                      f"{tensor}_zero_point"], [result], f"{tensor}_DequantizeLinear")]
+        at = next(i for i, node in enumerate(nodes) if source in node.output) + 1  # keep the graph sorted
+        del graph.node[:]
+        graph.node.extend([*nodes[:at], *pair, *nodes[at:]])
+
+
+def check_lowering(model, plan, activations: str = "uint8") -> None:
+    """Raise ``SpnasError`` naming the tensor unless the QDQ model computes on exactly the plan's grids.
+
+    Every plan tensor has a QuantizeLinear, each with the plan's scale (float32-equal) and zero
+    point (uint8: plan + 128), and no QuantizeLinear quantizes anything else; every int8 layer's weight
+    DequantizeLinear has the plan's per-channel scales (float32 rounding), zero points 0, axis 0,
+    and its int32 bias, at input scale x weight scale, dequantizes to the plan's bias within half
+    a step; a float layer reads float weights and the plan's float bias.
+    """
+    from onnx import numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    tensors = plan_tensors(model, plan)
+    owner = {tensor: name for name, names in tensors.items() for tensor in names}
+    errors, seen = [], set()
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear":
+            continue
+        name = owner.get(node.input[0])
+        if name is None:
+            errors.append(f"{node.input[0]} is quantized on a grid the plan does not have")
+            continue
+        seen.add(name)
+        scale, zero_point = _grid(plan, name, activations)
+        got_scale, got_zero = constants.get(node.input[1]), constants.get(node.input[2])
+        if (got_scale is None or got_zero is None or got_scale.dtype != np.float32
+                or got_zero.dtype != zero_point.dtype or got_scale.size != 1 or got_zero.size != 1
+                or got_scale.item() != scale.item() or got_zero.item() != zero_point.item()):
+            errors.append(f"{name} ({node.input[0]}): scale {_item(got_scale)}, zero point {_item(got_zero)}; "
+                          f"plan {scale.item()!r}, {zero_point.item()} ({zero_point.dtype})")
+    errors += [f"{name} is not quantized" for name in plan.tensors if name not in seen]
+    eps = float(np.finfo(np.float32).eps)
+    for layer, node in _layer_nodes(model).items():
+        weight = producers.get(node.input[1])
+        if layer in plan.float_layers:
+            bias = constants.get(node.input[2]) if len(node.input) > 2 else None
+            if weight is not None:
+                errors.append(f"{layer} should keep float weights (a float layer), reads {weight.op_type}")
+            elif bias is None or not np.array_equal(bias.reshape(-1), np.asarray(plan.layers[layer].bias, np.float32)):
+                errors.append(f"{layer}: float bias differs from the plan's")
+            continue
+        if weight is None or weight.op_type != "DequantizeLinear" or node.input[1] not in producers:
+            errors.append(f"{layer} does not read int8 weights through a DequantizeLinear")
+            continue
+        scales, zeros = constants.get(weight.input[1]), constants.get(weight.input[2])
+        want = np.asarray(plan.layers[layer].weight_scales, np.float64)
+        axis = next((a.i for a in weight.attribute if a.name == "axis"), 1)
+        if (scales is None or zeros is None or scales.shape != want.shape or axis != 0 or np.any(zeros != 0)
+                or constants.get(weight.input[0], np.zeros(0)).dtype != np.int8
+                or not np.all(np.abs(scales.astype(np.float64) - want) <= eps * want)):
+            errors.append(f"{layer}: weight scales differ from the plan's per-channel weight_scales")
+            continue
+        bias = producers.get(node.input[2]) if len(node.input) > 2 else None
+        if bias is None or bias.op_type != "DequantizeLinear":
+            errors.append(f"{layer}: bias is not int32 through a DequantizeLinear")
+            continue
+        activation = producers.get(node.input[0])
+        input_scale = constants.get(activation.input[1]) if activation is not None else None
+        step = constants[bias.input[1]].astype(np.float64)
+        value = constants[bias.input[0]].astype(np.float64) * step
+        if (constants[bias.input[0]].dtype != np.int32 or input_scale is None
+                or not np.allclose(step, float(input_scale) * want, rtol=4 * eps, atol=0)
+                or np.any(np.abs(value - np.asarray(plan.layers[layer].bias, np.float64)) > 0.5 * step * (1 + 1e-5))):
+            errors.append(f"{layer}: int32 bias is not the plan's bias at input scale x weight scale")
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise SpnasError(f"onnx int8 lowering drifted from the quant plan: {'; '.join(errors[:3])}{more}")
+
+
+def _item(value) -> str:
+    if value is None or not value.size:
+        return "missing"
+    return f"{value.reshape(-1)[0].item()!r} ({value.dtype})"
 
 
 def _quantized_io(proto) -> dict:
@@ -280,10 +529,8 @@ def _quantized_io(proto) -> dict:
 
 
 def export(ctx: ExportContext) -> list[Artifact]:
-    """Write ``spnasnet_100_fp32.onnx`` and, with ``ctx.int8``, ``spnasnet_100_int8.onnx``."""
+    """Write ``spnasnet_100_fp32.onnx`` and, with ``ctx.int8``, ``spnasnet_100_int8.onnx`` (the plan lowered)."""
     dynamic_batch = bool(ctx.options.get("dynamic_batch", False))
-    scheme = scheme_from_options(ctx.options)
-    float_layers = list(ctx.options.get("float_layers", []))
     ctx.progress("onnx: exporting fp32 (torch.onnx dynamo exporter, onnxsim, checker)")
     size = ctx.preprocessing.input_size
     proto = export_float(ctx.model, dynamic_batch=dynamic_batch, input_size=size)
@@ -298,21 +545,19 @@ def export(ctx: ExportContext) -> list[Artifact]:
     artifacts = [Artifact("onnx", "fp32", fp32_path, dict(common))]
     if not ctx.int8:
         return artifacts
-    ctx.progress(f"onnx: int8 calibration ({scheme.calibration}) on {len(ctx.calibration_pixels)} images")
-    int8_path = Path(ctx.out_dir) / f"spnasnet_100_int8{SUFFIX}"
+    from spnas.quantize import plan_to_lower
+
+    plan, quantization = plan_to_lower(ctx, FORMAT)
     with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".onnx-int8.") as work:
-        prepared = prepare_for_quantization(fp32_path, Path(work) / "prepared.onnx")
-        ranges = calibrate(prepared, ctx.calibration_pixels, scheme.calibration, scheme.percentile,
-                           ctx.preprocessing, Path(work))
-        quantized = onnx.load(str(quantize(prepared, Path(work) / "int8.onnx", ranges, scheme, float_layers)))
+        quantized = lower(proto, plan, Path(work))
     onnx.checker.check_model(quantized, full_check=True)
-    set_metadata(quantized, ctx, "int8", {"spnas.int8_scheme": json.dumps(scheme.to_dict())})
+    scheme = {"scheme": SCHEME_TEXT, **SCHEME}
+    set_metadata(quantized, ctx, "int8", {"spnas.int8_scheme": json.dumps({**scheme, **quantization})})
+    int8_path = Path(ctx.out_dir) / f"spnasnet_100_int8{SUFFIX}"
     with atomic_path(int8_path) as tmp:
         onnx.save(quantized, str(tmp))
-    details = {**common, "quantizer": "onnxruntime.quantization.quantize_static", **scheme.to_dict(),
-               "n_calibration_images": int(len(ctx.calibration_pixels)), **_quantized_io(quantized)}
-    if float_layers:
-        details["float_layers"] = float_layers
+    details = {**common, "quantizer": "onnxruntime.quantization.quantize_static (TensorQuantOverrides from the plan)",
+               "quantization": {**scheme, **quantization}, **_quantized_io(quantized)}
     artifacts.append(Artifact("onnx", "int8", int8_path, details))
     return artifacts
 
@@ -372,62 +617,3 @@ class OnnxRunner(RunnerBase):
 def load(path: str | Path, num_threads: int | None = None, spinning: bool = False) -> OnnxRunner:
     """Open an ONNX artifact in ONNX Runtime; ``num_threads`` sets intra-op threads (None: ORT default)."""
     return OnnxRunner(path, num_threads, spinning)
-
-
-# ---------------------------------------------------------------- explain
-
-
-def explain(path: str | Path, pixels: np.ndarray, model) -> list[dict]:
-    """``spnas-verify --explain``: per-layer drift of an int8 artifact against a fresh fp32 export of ``model``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        float_path = Path(tmp) / "reference_fp32.onnx"
-        onnx.save(export_float(model), str(float_path))
-        return [{"layer": name, "sqnr_db": value} for name, value in layer_sqnr(float_path, path, pixels).items()]
-
-
-def layer_sqnr(float_path: str | Path, int8_path: str | Path, pixels: np.ndarray,
-               num_threads: int | None = None) -> dict[str, float]:
-    """Per-layer int8 activation SQNR in dB, keyed by timm conv name, in execution order.
-
-    For every convolution (``conv_stem``, ``blocks.2.1.conv_dw``, ``conv_head``) it compares the
-    int8 model's dequantized output (after the ReLU, which QDQ folds into the conv's quantization)
-    with the fp32 model's on the same crops, both end to end, so the figure includes the error
-    accumulated upstream: where it drops is where int8 loses the signal.  For ``--explain``.
-    """
-    float_model = _load_proto(float_path)
-    int8_model = _load_proto(int8_path)
-    consumers: dict[str, list] = {}
-    for node in float_model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    activations = {}
-    for node in float_model.graph.node:
-        if node.op_type != "Conv":
-            continue
-        out = node.output[0]
-        following = consumers.get(out, [])
-        if len(following) == 1 and following[0].op_type == "Relu":
-            out = following[0].output[0]
-        activations[node.name] = out
-    int8_tensors = {t for n in int8_model.graph.node for t in n.output}
-    pairs = {layer: (tensor, f"{tensor}_DequantizeLinear_Output") for layer, tensor in activations.items()
-             if f"{tensor}_DequantizeLinear_Output" in int8_tensors}
-
-    def run(model, names):
-        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-        session = ort.InferenceSession(model.SerializeToString(), session_options(num_threads),
-                                       providers=["CPUExecutionProvider"])
-        spec = spec_from_metadata({p.key: p.value for p in model.metadata_props})
-        batch = session.get_inputs()[0].shape[0]
-        step = batch if isinstance(batch, int) else 16
-        results = {n: [] for n in names}
-        for start in range(0, len(pixels), step):
-            values = session.run(names, {INPUT_NAME: normalize(pixels[start:start + step], spec)})
-            for name, value in zip(names, values, strict=True):
-                results[name].append(value.astype(np.float64))
-        return {n: np.concatenate(v) for n, v in results.items()}
-
-    reference = run(float_model, [f for f, _ in pairs.values()])
-    quantized = run(int8_model, [q for _, q in pairs.values()])
-    return {layer: sqnr_db(reference[float_name], quantized[int8_name])
-            for layer, (float_name, int8_name) in pairs.items()}

@@ -41,9 +41,8 @@ lowering of the same plan) and float32 softmax probabilities out (``spnas.export
 In such a run every artifact's report entry says whether MediaPipe's ImageClassifier takes it, in
 its words (without ``--app``: ``null``, not checked).
 
-Per-layer drift for ``spnas-verify --explain``: ``layer_errors(model, calibration_pixels,
-eval_pixels)`` returns, per timm layer name, the int8-vs-float error of that layer alone
-(QuantizationDebugger, float input to each op) and the accumulated error at that point.
+Per-layer drift (``spnas-verify --explain``) and the fallback's choice of float layers are
+format-neutral: they run on the plan's torch simulation (``spnas.quantize.drift``).
 
 Fallback (``spnas-export --fallback auto``): the plan's ``float_layers`` are timm layers that
 the MLIR quantizer leaves in float (``denylisted_nodes``); each becomes a float op with float32
@@ -53,8 +52,6 @@ weights between a DEQUANTIZE and a QUANTIZE, everything else stays int8.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import sys
 import warnings
@@ -65,7 +62,6 @@ import numpy as np
 from spnas.errors import SpnasError
 from spnas.export import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.folding import NetOps
-from spnas.parity import sqnr_db
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 SUFFIX = ".tflite"
@@ -174,17 +170,6 @@ def _converter(graph):
     return tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
 
 
-def representative_inputs(pixels: np.ndarray, *, spec: PreprocessSpec = DEFAULT_SPEC):
-    """A representative-dataset callable (one normalised ``[1, S, S, 3]`` input per image),
-    for TF's QuantizationDebugger."""
-
-    def dataset():
-        for image in pixels:
-            yield [normalize(image[None], spec, layout="NHWC")]
-
-    return dataset
-
-
 def convert(folded, precision: str, *, calibration_pixels: np.ndarray | None = None, plan=None,
             uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC, **plan_options) -> bytes:
     """Convert a ``FoldedNet`` to TFLite flatbuffer bytes: ``fp32``, ``fp16`` or ``int8``.
@@ -212,17 +197,15 @@ def convert(folded, precision: str, *, calibration_pixels: np.ndarray | None = N
         return converter.convert()
 
 
-def lower(folded, plan, *, uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC,
-          numeric_verify: bool = False) -> bytes:
+def lower(folded, plan, *, uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC) -> bytes:
     """The int8 TFLite model of a ``QuantPlan``: float graph with the plan's biases, the plan's
-    ranges on every activation, then TF's MLIR quantizer (``numeric_verify``: the debugger's model)."""
+    ranges on every activation, then TF's MLIR quantizer."""
     net = plan.apply_biases(folded)
     converter = _converter(build_graph(net, uint8_input=uint8_input, spec=spec))
     with _quiet_converter():
         float_model = converter.convert()
     stamped = stamp_ranges(float_model, net, plan, uint8_input)
-    return quantize_calibrated(stamped, uint8_input=uint8_input, numeric_verify=numeric_verify,
-                               float_layers=plan.float_layers)
+    return quantize_calibrated(stamped, uint8_input=uint8_input, float_layers=plan.float_layers)
 
 
 def stamp_ranges(content: bytes, folded, plan, uint8_input: bool = False) -> bytes:
@@ -252,19 +235,15 @@ def stamp_ranges(content: bytes, folded, plan, uint8_input: bool = False) -> byt
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def quantize_calibrated(calibrated: bytes, *, uint8_input: bool = False, numeric_verify: bool = False,
-                        float_layers=()) -> bytes:
+def quantize_calibrated(calibrated: bytes, *, uint8_input: bool = False, float_layers=()) -> bytes:
     """Full-integer quantization of a calibrated model, as ``TFLiteConverter.convert`` does it:
     per-channel weights (dense layers too), int8 activations, int8 (or uint8) input, int8 output.
-    ``float_layers`` (timm names) stay float ops between DEQUANTIZE and QUANTIZE.
-    ``numeric_verify`` gives QuantizationDebugger's instrumented model instead."""
+    ``float_layers`` (timm names) stay float ops between DEQUANTIZE and QUANTIZE."""
     tf = _tf()
     from tensorflow.lite.python import convert as tf_convert
 
     denylisted = _op_names(calibrated, float_layers) if float_layers else None
     with _quiet_converter():
-        if numeric_verify:
-            return tf_convert.mlir_quantize(calibrated, enable_numeric_verify=True)
         return tf_convert.mlir_quantize(calibrated, input_data_type=tf.uint8 if uint8_input else tf.int8,
                                         output_data_type=tf.int8, denylisted_nodes=denylisted)
 
@@ -393,19 +372,13 @@ def _details(ctx: ExportContext) -> dict:
 
 def _int8(ctx: ExportContext, folded, details: dict, uint8_input: bool) -> bytes:
     """Lower the export's int8 plan (computed once, then shared), recording how in ``details``."""
-    from spnas.quantize import PLAN_FILE, plan_for, save_plan
+    from spnas.quantize import plan_to_lower
 
-    if ctx.quant_plan is None:
-        ctx.progress(f"int8 plan: ranges and bias correction on {len(ctx.calibration_pixels)} images")
-    plan = plan_for(ctx)
-    content = lower(folded, plan, uint8_input=uint8_input, spec=ctx.preprocessing)
-    save_plan(plan, ctx.out_dir)
+    plan, quantization = plan_to_lower(ctx, FORMAT)
     details["quantization"] = {
         "scheme": "full-integer PTQ: int8 per-channel symmetric weights, int8 activations, int32 bias",
-        "plan": PLAN_FILE, **plan.method, "uint8_input": uint8_input}
-    if plan.float_layers:
-        details["quantization"]["float_layers"] = list(plan.float_layers)
-    return content
+        **quantization, "uint8_input": uint8_input}
+    return lower(folded, plan, uint8_input=uint8_input, spec=ctx.preprocessing)
 
 
 def _write(ctx: ExportContext, content: bytes, precision: str, details: dict, app: str | None = None) -> Artifact:
@@ -576,71 +549,7 @@ def load(path, num_threads: int = 1) -> TFLiteRunner:
     return TFLiteRunner(path, num_threads)
 
 
-# ---------------------------------------------------------------- diagnostics
-
-
-def layer_errors(model, calibration_pixels: np.ndarray, eval_pixels: np.ndarray,
-                 spec: PreprocessSpec = DEFAULT_SPEC) -> dict[str, dict]:
-    """Per-layer int8-vs-float error of the default int8 export, keyed by timm layer name.
-
-    For each conv and the classifier (``conv_stem``, ``blocks.3.1.conv_dw``, ..., ``classifier``):
-
-    - ``local_rel_rmse``: the layer's own quantization error (TF's QuantizationDebugger: the
-      int8 op against the float op on the same dequantized input), RMSE over the output's
-      quantization step; about 0.29 (uniform rounding) is the floor, much more means clipping
-      or a bad range;
-    - ``accumulated_sqnr_db``: SQNR of the int8 model's dequantized output of that layer
-      against the float folded net on the same images: the drift accumulated up to there.
-
-    Costs one plan plus three passes over ``eval_pixels`` (keep it to ~20-50 images).
-    """
-    from spnas import folding
-    from spnas.quantize import PixelBatches, build_plan
-
-    tf = _tf()
-    folded = folding.fold_batchnorm(model)
-    plan = build_plan(folded, PixelBatches(calibration_pixels, spec), spec)
-    debug_model = lower(folded, plan, spec=spec, numeric_verify=True)
-    with _quiet_converter(), warnings.catch_warnings():
-        # The debugger runs on tf.lite.Interpreter, whose deprecation notice is not actionable here.
-        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            quant_debug_model_content=debug_model, debug_dataset=representative_inputs(eval_pixels, spec=spec))
-        debugger.run()
-    result: dict[str, dict] = {conv.name: {} for conv in folded.layers()}
-    dump = io.StringIO()
-    debugger.layer_statistics_dump(dump)
-    for row in csv.DictReader(io.StringIO(dump.getvalue())):
-        name = "classifier" if row["op_name"] == "FULLY_CONNECTED" else _timm_name(row["tensor_name"], result)
-        if name is not None and row["op_name"] in MAC_OPS and float(row["scale"]) > 0:
-            result[name]["local_rel_rmse"] = float(np.sqrt(float(row["mean_squared_error"])) / float(row["scale"]))
-    for name, value in accumulated_sqnr(lower(folded, plan, spec=spec), folded, eval_pixels, spec).items():
-        result[name]["accumulated_sqnr_db"] = value
-    return result
-
-
-def accumulated_sqnr(content: bytes, folded, pixels: np.ndarray, spec: PreprocessSpec) -> dict[str, float]:
-    """SQNR (dB) of each conv / FC output of an int8 model against the float folded net, in graph order."""
-    reference = folded.activations(normalize(pixels, spec))
-    sqnr = {}
-    for name, values in _int8_outputs(content, pixels, [conv.name for conv in folded.layers()], spec).items():
-        ref = reference[name] if reference[name].ndim == 2 else reference[name].transpose(0, 2, 3, 1)
-        sqnr[name] = sqnr_db(ref, values)
-    return sqnr
-
-
-def explain(path, pixels: np.ndarray, model) -> list[dict]:
-    """``spnas-verify --explain``: per-layer drift of an int8 artifact, from its own intermediate tensors.
-
-    Each conv / FC output of the artifact (LiteRT builtin kernels, all tensors preserved) is
-    dequantized and compared with the float folded reference on the same images, so the SQNR
-    includes the error accumulated upstream: where it drops is where int8 loses the signal.
-    """
-    from spnas import folding
-
-    content = Path(path).read_bytes()
-    sqnr = accumulated_sqnr(content, folding.fold_batchnorm(model), pixels, spec_from_metadata(read_metadata(content)))
-    return [{"layer": name, "sqnr_db": value} for name, value in sqnr.items()]
+# ---------------------------------------------------------------- tensor names
 
 
 def _timm_name(tensor_name: str, names) -> str | None:
@@ -652,26 +561,6 @@ def _timm_name(tensor_name: str, names) -> str | None:
 
 
 MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-
-
-def _int8_outputs(content: bytes, pixels: np.ndarray, names, spec: PreprocessSpec) -> dict[str, np.ndarray]:
-    """Dequantized output of every conv / FC of an int8 model, stacked over images (NHWC)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_content=content, experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
-    tensors = _layer_outputs(interpreter, names)
-    runner_input = interpreter.get_input_details()[0]
-    outputs: dict[str, list] = {name: [] for name in tensors}
-    for image in prepare_input(pixels, runner_input, spec):
-        interpreter.set_tensor(runner_input["index"], image[None])
-        interpreter.invoke()
-        for name, detail in tensors.items():
-            t_scale, t_zero = detail["quantization"]
-            values = interpreter.get_tensor(detail["index"])[0].astype(np.float64)
-            outputs[name].append((values - t_zero) * t_scale if t_scale else values)  # float layers: scale 0
-    return {name: np.stack(values) for name, values in outputs.items()}
 
 
 def _layer_outputs(interpreter, names) -> dict[str, dict]:

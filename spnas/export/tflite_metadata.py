@@ -24,6 +24,7 @@ import zipfile
 BUFFER_NAME = "TFLITE_METADATA"  # the metadata entry MediaPipe and LiteRT's metadata library look up
 FILE_IDENTIFIER = b"M001"
 LABELS_FILE = "labels.txt"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip epoch: associated files carry no build time
 # The lowest metadata parser that reads every field written here.  MediaPipe's
 # metadata_version.cc raises it above 1.0.0 only for subgraph-level process units, tensor
 # groups, VOCABULARY / SCaNN files, versioned associated files and custom metadata: none is used.
@@ -97,13 +98,14 @@ def _pack(metadata) -> bytes:
 def with_associated_files(content: bytes, files: dict[str, bytes]) -> bytes:
     """The model flatbuffer with ``files`` zipped onto its end (what MetadataPopulator does).
 
-    The flatbuffer must be final: repacking it afterwards drops the zip.
+    The flatbuffer must be final: repacking it afterwards drops the zip.  Entries carry a fixed
+    date, not the clock's, so one model and plan give the same bytes (``spnas-export --plan``).
     """
     out = io.BytesIO(content)
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
         for file_name, data in files.items():
-            archive.writestr(file_name, data)
+            archive.writestr(zipfile.ZipInfo(file_name, date_time=ZIP_DATE), data)
     return out.getvalue()
 
 

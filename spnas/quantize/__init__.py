@@ -13,18 +13,30 @@ no exporter has numerics of its own.  The whole pipeline is ``build_plan``::
     save_plan(plan, out_dir)                        # quant_plan.json beside the artifacts
 
 All of it walks the net through ``FoldedNet.walk``, the one description of the block order
-that the TF graph builder also uses.  The formats lower the plan:
+that the TF graph builder and the CoreML program builder also use.  Around the plan:
+
+- ``drift.layer_drift(folded, plan, x)``: per-layer SQNR of the simulation against float
+  (``spnas-verify --explain``), the same for every format;
+- ``fallback.fallback(...)``: ``--fallback auto``, float layers chosen on the simulation;
+- ``plan_to_lower(ctx, fmt)``: what a format's int8 export starts from (the shared plan,
+  ``quant_plan.json`` written, the report's ``quantization`` block).
+
+The formats lower the plan and add no numerics of their own:
 
 - TFLite (``spnas.export.tflite.lower``): the float graph with the plan's biases, every
   activation tensor stamped with the plan's range, then TF's MLIR quantizer;
-- ONNX (``spnas.export.onnx``): ONNX Runtime ``quantize_static`` given the plan's ranges and
-  biases (uint8 activations: same scale, zero point + 128).
+- ONNX (``spnas.export.onnx.lower``): ONNX Runtime ``quantize_static`` given every scale and
+  zero point as ``TensorQuantOverrides`` (uint8 activations: same scale, zero point + 128),
+  the plan's biases in the float model; ``check_lowering`` refuses any drift;
+- CoreML (``spnas.export.coreml_mil.program``): the ML program built from the walk, with
+  ``quantize``/``dequantize`` on the plan's grids and ``constexpr_affine_dequantize`` weights.
 
 ``spnas-export --plan quant_plan.json`` skips calibration and reproduces the artifacts; a plan
 is refused if it was computed for other weights (``QuantPlan.check``).  Another exporter
 (ExecuTorch, a vendor SDK) lowers the same plan: read ``plan.tensors[name].scale`` /
 ``.zero_point`` for each tensor of ``FoldedNet.tensor_names()``, ``plan.layers[conv].weight_scales``
-and ``.bias`` for each conv, and keep ``plan.float_layers`` in float.
+and ``.bias`` for each conv (int32 at input scale x weight scale: ``simulate.quantize_bias``), and
+keep ``plan.float_layers`` in float.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ from spnas.quantize.simulate import simulate, simulate_tensors, weight_scales
 
 __all__ = ["BIAS_CORRECTION_IMAGES", "CLIP_WEIGHT", "PERCENTILE", "PLAN_FILE", "RANGE_METHODS", "CalibrationReader",
            "LayerQuant", "PixelBatches", "QuantPlan", "TensorQuant", "build_plan", "correct_biases", "load_plan",
-           "plan_for", "save_plan", "set_ranges", "simulate", "simulate_tensors", "weight_scales"]
+           "plan_for", "plan_to_lower", "save_plan", "set_ranges", "simulate", "simulate_tensors", "weight_scales"]
 
 
 def build_plan(folded: FoldedNet, reader: CalibrationReader, spec: PreprocessSpec = DEFAULT_SPEC, *,
@@ -79,25 +91,32 @@ def _first_images(reader: CalibrationReader, count: int) -> np.ndarray:
 
 
 def plan_for(ctx) -> QuantPlan:
-    """The export's plan: ``ctx.quant_plan`` when given (``--plan``, or computed once for all
-    formats), else computed from ``ctx.calibration_pixels``; with ``ctx.options["float_layers"]``
-    (the fallback) its biases are re-corrected for those float layers.  Cached on ``ctx``."""
+    """The export's plan: ``ctx.quant_plan`` when given (``--plan``, the fallback's, or computed once
+    for all formats) after checking it fits these weights, else computed from
+    ``ctx.calibration_pixels`` and cached on ``ctx``."""
     from spnas.errors import SpnasError
 
     folded = fold_batchnorm(ctx.model)
-    float_layers = list(ctx.options.get("float_layers", []))
-    plan = ctx.quant_plan
     sha = getattr(ctx.weights, "sha256", None)
-    if plan is not None:
-        plan.check(folded, sha)
-        if sorted(plan.float_layers) == sorted(float_layers):
-            return plan
+    if ctx.quant_plan is not None:
+        ctx.quant_plan.check(folded, sha)
+        return ctx.quant_plan
     if ctx.calibration_pixels is None or len(ctx.calibration_pixels) == 0:
         raise SpnasError("int8 export needs calibration images (or --plan)")
-    reader = PixelBatches(ctx.calibration_pixels, ctx.preprocessing)
-    ranges = {name: t.range for name, t in plan.tensors.items()} if plan is not None else None
-    options = {k: plan.method[k] for k in ("range_setting", "clip_weight", "percentile") if k in plan.method} \
-        if plan is not None else {}
-    ctx.quant_plan = build_plan(folded, reader, ctx.preprocessing, float_layers=float_layers, weights_sha256=sha,
-                                ranges=ranges, **options)
+    ctx.quant_plan = build_plan(folded, PixelBatches(ctx.calibration_pixels, ctx.preprocessing), ctx.preprocessing,
+                                weights_sha256=sha)
     return ctx.quant_plan
+
+
+def plan_to_lower(ctx, fmt: str) -> tuple[QuantPlan, dict]:
+    """What a format's int8 export starts from: the export's plan (``plan_for``), written to
+    ``quant_plan.json`` in ``ctx.out_dir``, and the ``details["quantization"]`` block saying so."""
+    if ctx.quant_plan is None:
+        ctx.progress(f"int8 plan: ranges and bias correction on {len(ctx.calibration_pixels)} images")
+    plan = plan_for(ctx)
+    save_plan(plan, ctx.out_dir)
+    ctx.progress(f"{fmt}: lowering the int8 plan ({PLAN_FILE})")
+    details = {"plan": PLAN_FILE, **plan.method}
+    if plan.float_layers:
+        details["float_layers"] = list(plan.float_layers)
+    return plan, details
