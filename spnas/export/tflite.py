@@ -6,7 +6,7 @@ input on and contains no TRANSPOSE.  PyTorch pads ``k // 2`` on every side; TF `
 identical at stride 1 but pads only bottom/right at stride 2, so stride-2 convs get an
 explicit PAD then ``VALID`` (XNNPACK fuses the PAD into the conv).  Every TF op sits in a
 ``tf.name_scope`` named after its timm module (``blocks.3.1.conv_dw``), so TFLite tensor names
-and the QuantizationDebugger's per-layer rows map back to PyTorch.
+map back to PyTorch (and to the plan's tensors, which ``stamp_ranges`` relies on).
 
 Artifacts (``spnasnet_100_<precision>.tflite``):
 
