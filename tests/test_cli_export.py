@@ -141,3 +141,13 @@ def test_output_path_that_is_a_file(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "exists and is not a directory" in result.stderr
     assert out.read_text() == "I am a file"
+
+
+def test_a_plan_that_is_not_one_fails_before_any_work(tmp_path):
+    plan = tmp_path / "quant_plan.json"
+    plan.write_text('{"schema": "something else"}')
+    out = tmp_path / "out"
+    result = subprocess.run([*EXPORT, "--format", "onnx", "--int8", "--plan", str(plan), "--weights", "random",
+                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert_clean_failure(result, out, f"--plan {plan}: not a quant plan")
+    assert "loading weights" not in result.stderr  # refused before the weights or images were read

@@ -133,6 +133,7 @@ def run_export(args: argparse.Namespace):
     from spnas.export import format_module, installed_formats
     from spnas.intake import set_pixel_limit
     from spnas.io import check_out_dir
+    from spnas.quantize import load_plan
     from spnas.staging import staged_output
     from spnas.validation import load_valset
 
@@ -144,11 +145,12 @@ def run_export(args: argparse.Namespace):
     else:
         modules, skipped = {args.format: format_module(args.format)}, {}  # fail early on a missing extra
     out_dir = check_out_dir(args.out)
+    plan = load_plan(args.plan) if args.plan else None  # a bad plan fails before any weights or images load
     with console.step(f"loading weights ({args.weights})"):
         source, caught = resolve_source_of(args)
     valset = load_valset(args.val, source.class_names) if args.val else None
     with staged_output(out_dir) as stage:
-        return export_into(stage, args, modules, skipped, source, caught, valset, console)
+        return export_into(stage, args, modules, skipped, source, caught, valset, plan, console)
 
 
 def preprocessing_overrides(args: argparse.Namespace) -> dict:
@@ -167,7 +169,7 @@ def resolve_source_of(args: argparse.Namespace):
     return source, [str(w.message) for w in caught]
 
 
-def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, source, caught: list[str], valset,
+def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, source, caught: list[str], valset, plan,
                 console):
     """The export itself: every file goes into ``stage``; returns its ``Report`` (None: ``--strict`` refused)."""
     import warnings
@@ -176,7 +178,6 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     from spnas.export import ExportContext
     from spnas.images import split_images
     from spnas.io import artifact_sha256, artifact_size
-    from spnas.quantize import load_plan
     from spnas.report import Report, build_report, write_report
     from spnas.verify import RecordedOutputs, evaluate, int8_agreement, lowers_plan, thresholds_for
 
@@ -185,7 +186,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
         warnings.simplefilter("always")
         with console.step("loading calibration and parity images"):
             calib, parity = split_images(args.calib, args.num_calib, args.num_parity, args.seed, spec)
-        if args.calib is None:
+        if args.calib is None and not (args.int8 and plan is not None):
             warnings.warn("calibrating on the small embedded image set; 200+ images from your deployment "
                           "domain (--calib DIR) calibrate int8 better", stacklevel=1)
         console.info(f"{len(calib)} calibration images, {len(parity)} held-out parity images from {calib.root}")
@@ -211,7 +212,6 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     options = {k: getattr(args, k) for k in ("uint8_input", "app", "dynamic_batch", "fp32", "image_input",
                                              "coreml_int8_mode")}
     entries, int8_logits = [], {}
-    plan = load_plan(args.plan) if args.plan else None
     fallback_block = None
     for name, module in modules.items():
         ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
