@@ -9,6 +9,7 @@ figures for the same artifact and images.  Called, this module is the Python API
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import types
 from pathlib import Path
@@ -34,10 +35,17 @@ def thresholds_for(precision: str, overrides) -> Thresholds:
 def evaluate(runner, pixels: np.ndarray, reference_logits: np.ndarray, *, thresholds: Thresholds | None = None,
              random_weights: bool = False) -> dict:
     """Run one artifact on the parity images and gate it; returns the report's artifact fields."""
-    metrics = compare(reference_logits, runner.run(pixels))
-    gate = thresholds or DEFAULT_THRESHOLDS[runner.precision]
+    return gate_logits(runner.run(pixels), reference_logits, runner.precision, thresholds=thresholds,
+                       random_weights=random_weights)
+
+
+def gate_logits(logits: np.ndarray, reference_logits: np.ndarray, precision: str, *,
+                thresholds: Thresholds | None = None, random_weights: bool = False) -> dict:
+    """``evaluate`` for logits already computed (kept for another check, or simulated)."""
+    metrics = compare(reference_logits, logits)
+    gate = thresholds or DEFAULT_THRESHOLDS[precision]
     failures = gate.failures(metrics)
-    if random_weights and runner.precision == "int8":
+    if random_weights and precision == "int8":
         status, passed = RANDOM_NOT_APPLICABLE, None
     else:
         status, passed = ("passed" if not failures else "failed"), not failures
@@ -63,14 +71,12 @@ def int8_agreement(logits: dict[str, np.ndarray], min_sqnr_db: float | None = No
     format's lowering drifted from the plan.  None with fewer than two artifacts.
     """
     floor = MIN_INT8_AGREEMENT_DB if min_sqnr_db is None else min_sqnr_db
-    paths = sorted(logits)
     pairs = []
-    for i, first in enumerate(paths):
-        for second in paths[i + 1:]:
-            metrics = compare(logits[first], logits[second])
-            sqnr = metrics["sqnr_db"]
-            pairs.append({"artifacts": [first, second], "sqnr_db": to_json_number(sqnr),
-                          "top1_agreement": metrics["top1_agreement"], "passed": bool(sqnr >= floor)})
+    for first, second in itertools.combinations(sorted(logits), 2):
+        metrics = compare(logits[first], logits[second])
+        sqnr = metrics["sqnr_db"]
+        pairs.append({"artifacts": [first, second], "sqnr_db": to_json_number(sqnr),
+                      "top1_agreement": metrics["top1_agreement"], "passed": bool(sqnr >= floor)})
     if not pairs:
         return None
     return {"min_sqnr_db": floor, "pairs": pairs, "passed": all(pair["passed"] for pair in pairs)}

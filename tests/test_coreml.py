@@ -207,7 +207,7 @@ def _layer_ops(program) -> list:
 
 def _int8_weights(weight: np.ndarray, scales, dtype) -> np.ndarray:
     """What constexpr_affine_dequantize gives for the plan's int8 weights on scales stored as ``dtype``."""
-    from spnas.export.coreml_mil import int8_weight
+    from spnas.quantize.simulate import int8_weight
 
     stored = np.asarray(scales, np.float32).astype(dtype).astype(np.float32)
     return (int8_weight(weight, scales).astype(np.float32) * stored.reshape(-1, *[1] * (weight.ndim - 1))).astype(dtype)

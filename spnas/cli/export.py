@@ -179,7 +179,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     from spnas.images import split_images
     from spnas.io import artifact_sha256, artifact_size
     from spnas.report import Report, build_report, write_report
-    from spnas.verify import RecordedOutputs, evaluate, int8_agreement, lowers_plan, thresholds_for
+    from spnas.verify import gate_logits, int8_agreement, lowers_plan, thresholds_for
 
     spec = source.spec
     with warnings.catch_warnings(record=True) as more:
@@ -213,21 +213,21 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
                                              "coreml_int8_mode")}
     entries, int8_logits = [], {}
     fallback_block = None
+    if args.fallback == "auto" and plan is None and not weights.is_random:
+        plan, fallback_block = plan_fallback(model, spec, calib.pixels, parity.pixels, reference,
+                                             thresholds_for("int8", args), args.fallback_layers, console)
     for name, module in modules.items():
         ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
                             out_dir=stage, int8=args.int8, fp16=args.fp16, options=options, progress=console.info,
                             quant_plan=plan, class_names=source.class_names)
-        if args.fallback == "auto" and plan is None and not weights.is_random:
-            fallback_block = plan_fallback(ctx, parity.pixels, reference, thresholds_for("int8", args), args, console)
         with console.step(f"exporting {name}"):
             artifacts = module.export(ctx)
         plan = ctx.quant_plan  # computed by the first format that lowers it, then shared by the others
         for artifact in artifacts:
             with console.step(f"parity of {artifact.path.name} on {len(parity)} held-out images"):
-                runner = module.load(artifact.path)
-                logits = runner.run(parity.pixels)
-                result = evaluate(RecordedOutputs(runner, logits), parity.pixels, reference,
-                                  thresholds=thresholds_for(artifact.precision, args), random_weights=weights.is_random)
+                logits = module.load(artifact.path).run(parity.pixels)
+                result = gate_logits(logits, reference, artifact.precision, random_weights=weights.is_random,
+                                     thresholds=thresholds_for(artifact.precision, args))
             entry = {"format": artifact.format, "precision": artifact.precision,
                      "path": str(Path(artifact.path).relative_to(stage)),
                      "size_bytes": artifact_size(artifact.path), "sha256": artifact_sha256(artifact.path),
@@ -255,22 +255,20 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     return report
 
 
-def plan_fallback(ctx, pixels, reference, thresholds, args, console) -> dict | None:
-    """``--fallback auto``: ``ctx.quant_plan`` becomes the plan whose simulation passes the int8 gate
-    (``spnas.quantize.fallback``); returns the fallback block of each int8 entry (None: nothing to fall back)."""
+def plan_fallback(model, spec, calib_pixels, parity_pixels, reference, thresholds, layers_per_round, console):
+    """``--fallback auto``: the plan whose simulation passes the int8 gate (``spnas.quantize.fallback``), which
+    every format then lowers, and the fallback block of each int8 entry (None: the first plan passed)."""
     from spnas.folding import fold_batchnorm
     from spnas.preprocess import normalize
-    from spnas.quantize import PixelBatches, plan_for
+    from spnas.quantize import PixelBatches, build_plan
     from spnas.quantize.fallback import fallback
 
-    with console.step(f"int8 plan on {len(ctx.calibration_pixels)} images"):
-        plan = plan_for(ctx)
+    folded, reader = fold_batchnorm(model), PixelBatches(calib_pixels, spec)
+    with console.step(f"int8 plan on {len(calib_pixels)} images"):
+        plan = build_plan(folded, reader, spec, weights_sha256=model.weights_info.sha256)
     with console.step("fallback: simulating the plan against the int8 gate"):
-        ctx.quant_plan, block = fallback(fold_batchnorm(ctx.model), plan,
-                                         PixelBatches(ctx.calibration_pixels, ctx.preprocessing), ctx.preprocessing,
-                                         normalize(pixels, ctx.preprocessing), reference, thresholds,
-                                         args.fallback_layers, console.info)
-    return block
+        return fallback(folded, plan, reader, spec, normalize(parity_pixels, spec), reference, thresholds,
+                        layers_per_round, console.info)
 
 
 def sync_android_assets(stage, entries, assets_dir, spec, class_names, console) -> None:

@@ -187,7 +187,7 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     from spnas.parity import Thresholds
     from spnas.reference import TorchRunner
     from spnas.report import Report
-    from spnas.verify import RecordedOutputs, evaluate, int8_agreement, lowers_plan, summary_markdown, thresholds_for
+    from spnas.verify import gate_logits, int8_agreement, lowers_plan, summary_markdown, thresholds_for
 
     console = Console(args.quiet)
     install_warning_format(console)
@@ -225,8 +225,9 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
         return None
     reference = TorchRunner(model, spec).run(images.pixels)
     entries, int8_logits = [], {}
-    plan_lowerings = {(artifact.parent / entry["path"]).resolve(): lowers_plan(entry)
-                      for artifact in artifacts[:1] for entry in (report or {}).get("artifacts", [])}
+    folder = artifacts[0].parent  # the report read is the one beside the first artifact
+    plan_lowerings = {(folder / entry["path"]).resolve() for entry in (report or {}).get("artifacts", [])
+                      if lowers_plan(entry)}
     for artifact in artifacts:
         with console.step(f"parity of {artifact.name} on {len(images)} images"):
             runner = runners[artifact]
@@ -234,9 +235,9 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
             logits = runner.run(images.pixels)
             entry = {"format": runner.format, "precision": runner.precision, "path": str(artifact),
                      "size_bytes": artifact_size(artifact),
-                     **evaluate(RecordedOutputs(runner, logits), images.pixels, reference,
-                                thresholds=thresholds_for(runner.precision, args), random_weights=random_weights)}
-            if plan_lowerings.get(artifact.resolve()):
+                     **gate_logits(logits, reference, runner.precision, random_weights=random_weights,
+                                   thresholds=thresholds_for(runner.precision, args))}
+            if artifact.resolve() in plan_lowerings:
                 int8_logits[str(artifact)] = logits
         if args.explain and runner.precision == "int8":
             entry["explain"] = explain(artifact, images.pixels, model, spec, console)

@@ -11,7 +11,7 @@ classifier ``.mlpackage``), as ``spnas.export.tflite.build_graph`` does the TF g
   ``constexpr_affine_dequantize`` weights (int8 ``round(w / s)`` clipped to +-127 on the plan's
   per-output-channel scales ``s``, zero point 0, axis 0) and the plan's corrected bias, rounded
   to the int32 grid ``input scale x weight scale`` as TFLite and ONNX Runtime store it and the
-  simulation rounds it (``quantize_bias``), kept in float.  A layer of ``plan.float_layers``
+  simulation rounds it (``lowered_biases``), kept in float.  A layer of ``plan.float_layers``
   keeps float weights and the unrounded bias.  Every tensor of ``FoldedNet.tensor_names()``
   (the input, each conv output after its ReLU, each residual add, the pool, the logits) passes
   ``quantize`` (int8, the plan's scale and zero point) then ``dequantize``: the activation
@@ -32,16 +32,10 @@ import numpy as np
 
 from spnas.folding import FoldedConv, FoldedNet, NetOps
 from spnas.preprocess import PreprocessSpec
-from spnas.quantize.simulate import WEIGHT_QMAX, conv_inputs, quantize_bias, weight_scales
+from spnas.quantize.simulate import int8_weight, lowered_biases, weight_scales
 
 INPUT_NAME, IMAGE_INPUT_NAME, OUTPUT_NAME = "input", "image", "logits"
 PROBABILITIES_NAME = "probabilities"  # the softmax that ct.ClassifierConfig turns into classLabel + classLabel_probs
-
-
-def int8_weight(weight: np.ndarray, scales) -> np.ndarray:
-    """Per-output-channel symmetric int8 weights, rounded as ``spnas.quantize.simulate.quantize_weight`` rounds them."""
-    scales = np.asarray(scales, np.float64).reshape(-1, *([1] * (weight.ndim - 1)))
-    return np.clip(np.round(weight / scales), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
 
 
 class _MilOps(NetOps):
@@ -54,15 +48,9 @@ class _MilOps(NetOps):
         self.biases = {conv.name: conv.bias for conv in folded.layers()}
         self.scales: dict[str, list] = {}  # layers with int8 weights: their per-channel scales
         if plan is not None:
-            inputs = conv_inputs(folded)
-            for conv in folded.layers():
-                layer = plan.layers[conv.name]
-                if conv.name in plan.float_layers:
-                    self.biases[conv.name] = np.asarray(layer.bias, np.float32)
-                else:
-                    self.scales[conv.name] = layer.weight_scales
-                    self.biases[conv.name] = quantize_bias(layer.bias, plan.tensors[inputs[conv.name]].scale,
-                                                           layer.weight_scales)
+            self.biases = lowered_biases(folded, plan)
+            self.scales = {name: layer.weight_scales for name, layer in plan.layers.items()
+                           if name not in plan.float_layers}
         elif weights_only:
             self.scales = {conv.name: weight_scales(conv.weight).tolist() for conv in folded.layers()}
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 
 from spnas.folding import FoldedNet
-from spnas.parity import compare, to_json_number
 from spnas.preprocess import PreprocessSpec
 from spnas.quantize.calibration import CalibrationReader
 from spnas.quantize.drift import layer_drift
@@ -48,11 +47,10 @@ def worst_layers(drift: list[dict], kept: list[str], count: int) -> list[str]:
 
 
 def simulated_gate(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray, reference: np.ndarray, thresholds) -> dict:
-    """The parity metrics and gate of the plan's simulated logits, as ``spnas.verify.evaluate`` reports a runtime's."""
-    metrics = compare(reference, simulate(folded, plan, x_nchw))
-    failures = thresholds.failures(metrics)
-    return {"parity": {key: to_json_number(value) for key, value in metrics.items()},
-            "gate": {"status": "failed" if failures else "passed", "failures": failures}, "passed": not failures}
+    """The plan's simulated logits gated as ``spnas.verify.evaluate`` gates an int8 runtime's."""
+    from spnas.verify import gate_logits
+
+    return gate_logits(simulate(folded, plan, x_nchw), reference, "int8", thresholds=thresholds)
 
 
 def fallback(folded: FoldedNet, plan: QuantPlan, reader: CalibrationReader, spec: PreprocessSpec,

@@ -29,10 +29,18 @@ def weight_scales(weight: np.ndarray) -> np.ndarray:
     return scale
 
 
+def _channel_scales(weight: np.ndarray, scales) -> np.ndarray:
+    return np.asarray(scales, np.float64).reshape(-1, *([1] * (weight.ndim - 1)))
+
+
+def int8_weight(weight: np.ndarray, scales) -> np.ndarray:
+    """``weight`` as per-output-channel symmetric int8 on ``scales`` (what a format stores)."""
+    return np.clip(np.round(weight / _channel_scales(weight, scales)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+
+
 def quantize_weight(weight: np.ndarray, scales) -> np.ndarray:
     """``weight`` rounded to its per-channel grid, dequantized (float32)."""
-    scales = np.asarray(scales, np.float64).reshape(-1, *([1] * (weight.ndim - 1)))
-    return (np.clip(np.round(weight / scales), -WEIGHT_QMAX, WEIGHT_QMAX) * scales).astype(np.float32)
+    return (int8_weight(weight, scales) * _channel_scales(weight, scales)).astype(np.float32)
 
 
 def fake_quant(t, grid: TensorQuant):
@@ -75,22 +83,28 @@ def conv_inputs(folded: FoldedNet) -> dict[str, str]:
     return recorder.inputs
 
 
+def lowered_biases(folded: FoldedNet, plan: QuantPlan) -> dict[str, np.ndarray]:
+    """Each conv's bias as a lowering stores it: the plan's bias on its int32 grid
+    (``quantize_bias``), or as it is for a layer of ``plan.float_layers`` (float32)."""
+    inputs = conv_inputs(folded)
+    biases = {}
+    for conv in folded.layers():
+        layer = plan.layers[conv.name]
+        biases[conv.name] = (np.asarray(layer.bias, np.float32) if conv.name in plan.float_layers
+                             else quantize_bias(layer.bias, plan.tensors[inputs[conv.name]].scale, layer.weight_scales))
+    return biases
+
+
 class Int8Ops(NetOps):
     """The int8 simulation as walk ops (NCHW torch)."""
 
     def __init__(self, folded: FoldedNet, plan: QuantPlan):
         self.plan = plan
-        float_layers = set(plan.float_layers)
-        inputs = conv_inputs(folded)
-        self.layers = {}
-        for conv in folded.layers():
-            layer = plan.layers[conv.name]
-            if conv.name in float_layers:
-                self.layers[conv.name] = replace(conv, bias=np.asarray(layer.bias, np.float32))
-            else:
-                self.layers[conv.name] = replace(
-                    conv, weight=quantize_weight(conv.weight, layer.weight_scales),
-                    bias=quantize_bias(layer.bias, plan.tensors[inputs[conv.name]].scale, layer.weight_scales))
+        biases = lowered_biases(folded, plan)
+        self.layers = {conv.name: replace(conv, weight=conv.weight if conv.name in plan.float_layers
+                                          else quantize_weight(conv.weight, plan.layers[conv.name].weight_scales),
+                                          bias=biases[conv.name])
+                       for conv in folded.layers()}
 
     def conv(self, conv, x):
         return _apply(self.layers[conv.name], x)
