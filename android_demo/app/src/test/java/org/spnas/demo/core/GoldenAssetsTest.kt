@@ -27,15 +27,8 @@ class GoldenAssetsTest {
 
     private fun sampleCrop(): RgbImage {
         val image = ImageIO.read(asset("golden/sample.png"))
-        val rgb = ByteArray(image.width * image.height * 3)
-        for (y in 0 until image.height) for (x in 0 until image.width) {
-            val argb = image.getRGB(x, y)
-            val at = (y * image.width + x) * 3
-            rgb[at] = (argb shr 16).toByte()
-            rgb[at + 1] = (argb shr 8).toByte()
-            rgb[at + 2] = argb.toByte()
-        }
-        return ImageOps.resizeAndCrop(RgbImage(image.width, image.height, rgb), spec.preprocessing)
+        val argb = image.getRGB(0, 0, image.width, image.height, null, 0, image.width)
+        return ImageOps.resizeAndCrop(RgbImage.fromArgb(image.width, image.height, argb), spec.preprocessing)
     }
 
     @Test fun cropMatchesTheHostByteForByte() {

@@ -4,12 +4,12 @@ import org.junit.Assert.assertArrayEquals
 import org.junit.Assert.assertEquals
 import org.junit.Test
 
-/** Expected bytes were produced by Pillow 13.0 `Image.resize(size, Image.BILINEAR)` on [SOURCE_HEX]. */
+/** Expected bytes were produced by Pillow 13.0 `Image.resize(size, Image.BILINEAR or BICUBIC)` on [SOURCE_HEX]. */
 class ImageOpsTest {
     private val source = RgbImage(7, 5, hex(SOURCE_HEX))
 
-    private fun resized(width: Int, height: Int) =
-        ImageOps.resize(source, width, height, ResampleFilter.BILINEAR).pixels
+    private fun resized(width: Int, height: Int, filter: ResampleFilter = ResampleFilter.BILINEAR) =
+        ImageOps.resize(source, width, height, filter).pixels
 
     @Test fun downscalesBothAxesLikePillow() = assertArrayEquals(hex(PIL_3X4), resized(3, 4))
 
@@ -18,6 +18,16 @@ class ImageOpsTest {
     @Test fun resizesOnlyTheHeightLikePillow() = assertArrayEquals(hex(PIL_7X2), resized(7, 2))
 
     @Test fun resizesOnlyTheWidthLikePillow() = assertArrayEquals(hex(PIL_2X5), resized(2, 5))
+
+    /** Each size below gives other bytes in the other pass order (checked against Pillow, both orders). */
+    @Test fun runsThePassesInPillowsOrder() {
+        assertArrayEquals(hex(PIL_6X2), resized(6, 2)) // height -3 px, width -1 px: vertical first
+        assertArrayEquals(hex(PIL_8X2), resized(8, 2)) // wider and lower: vertical first
+        assertArrayEquals(hex(PIL_6X3), resized(6, 3)) // height -2, width -1: not more than twice, horizontal first
+        assertArrayEquals(hex(PIL_5X1), resized(5, 1)) // height -4, width -2: horizontal first
+        assertArrayEquals(hex(PIL_BICUBIC_10X3), resized(10, 3, ResampleFilter.BICUBIC))
+        assertArrayEquals(hex(PIL_BICUBIC_6X2), resized(6, 2, ResampleFilter.BICUBIC))
+    }
 
     @Test fun sameSizeIsACopyOfThePixels() = assertArrayEquals(source.pixels, resized(7, 5))
 
@@ -41,6 +51,11 @@ class ImageOpsTest {
         assertArrayEquals(byteArrayOf(1, 2, 3, 4, 5, 6), image.pixels)
     }
 
+    @Test fun argbIntsDropAlpha() {
+        val image = RgbImage.fromArgb(2, 1, intArrayOf(0x7F0102FF, 0xFFFE8003.toInt()))
+        assertArrayEquals(byteArrayOf(1, 2, 0xFF.toByte(), 0xFE.toByte(), 0x80.toByte(), 3), image.pixels)
+    }
+
     companion object {
         const val SOURCE_HEX = "f46334b88274b4537993083cda2cbefce57b102d94089751463f83a4d257dec9e151c5a3ac89b1de76095f0c4" +
             "6221e64b23dda92c406197029387e63dc786c5f4310470a974f611b948aeb8ae17a9d7a20d249f51141c93d2b1b51d96045d441a5289a" +
@@ -52,6 +67,15 @@ class ImageOpsTest {
             "33953137b14a2ff1"
         const val PIL_7X2 = "6b6342624a78a8837db2887b72828eaaa3889b5d56423a5a3b1b636a845f7eb280768b7460685aaa4dca"
         const val PIL_2X5 = "c05664ac61876b977fa7a48c6543686a804f5f50679c8b84417760555897"
+
+        const val PIL_6X2 = "695e4c785c7aac857c8e858699998a9e6a5f41345c4a3c6273986d7a9c796773629c52b5"
+        const val PIL_8X2 = "6b6342644f6e92717bae867c968583848c8ca7967f9b5d56423a5a3c21615b6360759e727ba17b6f806c6e636faa4dca"
+        const val PIL_6X3 = "8e764b937076b07575a8659dc7a59c7e626347334752377f9d8a806ba95f5b8961c57172353b7246474c5aac61839" +
+            "28b6c606e7c3fd7"
+        const val PIL_5X1 = "554359705e718e9377788477986685"
+        const val PIL_BICUBIC_10X3 = "8f7c3f896f61906f7baf8b6db66a76ab5893a06eb4d7b6a2a88f755f464f493933322559412885976093" +
+            "b0a57e83be6335a45151875ea6756aef707033417d3a24644435474da04059b8717aa2909b748a625c5c6645a48536ff"
+        const val PIL_BICUBIC_6X2 = "6d5f4677597db8847c8a80859da08c9f69583b2f5e42315e72a36d79a37a5d6b5ba04ebf"
 
         fun hex(text: String) = ByteArray(text.length / 2) { i -> Integer.parseInt(text.substring(2 * i, 2 * i + 2), 16).toByte() }
     }
