@@ -150,6 +150,12 @@ def sample_image(source: Path, short_side: int):
     return image.resize((round(width * factor), round(height * factor)), Image.BICUBIC)
 
 
+def preprocessing_entry(spec: PreprocessSpec) -> dict:
+    """``preprocessing.json``'s ``preprocessing``: the spec plus the two rules the app implements it by."""
+    return {**spec.to_dict(), "resize_algorithm": f"pillow-{spec.interpolation}-antialias",
+            "crop_offset_rounding": "half-even"}
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -195,8 +201,7 @@ def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSp
     model_bytes = tflite_path.read_bytes()
     preprocessing = {
         "schema_version": SCHEMA_VERSION,
-        "preprocessing": {**spec.to_dict(), "resize_algorithm": f"pillow-{spec.interpolation}-antialias",
-                          "crop_offset_rounding": "half-even"},
+        "preprocessing": preprocessing_entry(spec),
         "model": {"file": MODEL_FILE, "source_file": tflite_path.name, "precision": runner.precision,
                   "sha256": sha256_bytes(model_bytes), "size_bytes": len(model_bytes)},
         "input": {**input_facts, "layout": "NHWC", "mode": mode},

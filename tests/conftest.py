@@ -19,11 +19,29 @@ def shared_path(relative: str) -> Path:
     base = Path(os.environ.get("SPNAS_SHARED_DATA", ROOT.parent / "shared" / "data"))
     path = base / relative
     if not path.exists():
-        message = f"shared data missing: {path} (set SPNAS_SHARED_DATA or provide ../shared/data)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"shared data missing: {path} (set SPNAS_SHARED_DATA or provide ../shared/data)")
     return path
+
+
+def unavailable(message: str):
+    """Something the tests need is not on this machine: a failure in CI (``CI=true``), a skip elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def kotlin_core_jar() -> Path:
+    """The Android app's ``core/`` Kotlin, its JVM tests and ``PreprocessMain``, compiled once per source
+    state by the pinned Kotlin compiler (``android_demo/jvm/build.sh``; ``make android-tools`` installs it)."""
+    import subprocess
+
+    result = subprocess.run(["bash", str(ROOT / "android_demo" / "jvm" / "build.sh")], capture_output=True,
+                            text=True, timeout=900)
+    if result.returncode == 2:  # the compiler, JUnit or Java is not installed
+        unavailable(result.stderr.strip())
+    assert result.returncode == 0, f"the Kotlin build failed:\n{result.stderr}"
+    return Path(result.stdout.strip())
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
 """Android demo assets: synced from a real int8 export, complete, and reproducible on the host.
 
-The app's preprocessing is re-implemented here the way the Kotlin code computes it (Pillow's
-fixed-point resampler transcribed, then a 3 x 256 lookup table for normalise + quantize) and must
-match the host pipeline with tolerance 0: both sides are integer arithmetic plus float32 ops in the
-same order, so any difference is a bug, not rounding noise.
+The app's own Kotlin (``core/``, compiled by the pinned Kotlin compiler, run through
+``PreprocessMain``) must match the host pipeline with tolerance 0 on real photos: both sides are
+integer arithmetic plus float32 ops in the same order, so any difference is a bug, not rounding
+noise. Images reach the JVM as PNGs of the pixels Pillow decoded, because JPEG decoders differ.
+The app's JVM unit tests run here too, on freshly synced assets.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from spnas import android, classes
 from spnas.errors import SpnasError
-from spnas.preprocess import DEFAULT_SPEC, load_pixels
+from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, load_pixels
 
-PRECISION_BITS = 22
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,106 +50,69 @@ def golden(assets):
     return json.loads((assets / android.GOLDEN_FILE).read_text())
 
 
-# ------------------------------------------------ the app's preprocessing, as the Kotlin code computes it
+# ------------------------------------------ the app's preprocessing: its compiled Kotlin, run by PreprocessMain
+
+APP_SOURCES = ROOT / "android_demo" / "app" / "src"
+JUNIT_JAR = Path("/usr/share/java/junit4.jar")  # Debian's junit4 (make android-tools); finds hamcrest itself
 
 
-def triangle(x: float) -> float:
-    return max(0.0, 1.0 - abs(x))
+def app_spec(preprocessing: dict, spec: PreprocessSpec, tensor: dict | None = None) -> dict:
+    """``preprocessing.json`` for another spec (and input tensor), as ``spnas.android.sync_assets`` writes it."""
+    tensor = {**preprocessing["input"], **(tensor or {}), "shape": [1, spec.input_size, spec.input_size, 3]}
+    return {**preprocessing, "preprocessing": android.preprocessing_entry(spec), "input": tensor}
 
 
-def bicubic(x: float) -> float:
-    """``ResampleFilter.BICUBIC`` (Pillow's ``bicubic_filter``, a = -0.5), in the same arithmetic order."""
-    a, d = -0.5, abs(x)
-    if d < 1.0:
-        return ((a + 2.0) * d - (a + 3.0)) * d * d + 1
-    return (((d - 5) * d + 8) * d - 4) * a if d < 2.0 else 0.0
+def run_app(jar: Path, preprocessing: dict, pngs: list[Path], out_dir: Path) -> list[tuple[bytes, bytes]]:
+    """(crop, model input) bytes the app computes for each PNG: one ``PreprocessMain`` run for all of them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec_file = out_dir / "preprocessing.json"
+    spec_file.write_text(json.dumps(preprocessing))
+    command = ["java", "-cp", str(jar), "org.spnas.demo.core.PreprocessMain", "--spec", str(spec_file)]
+    for i, png in enumerate(pngs):
+        command += ["--image", str(png), "--out", str(out_dir / f"{i}.bin"), "--crop", str(out_dir / f"{i}.rgb")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return [((out_dir / f"{i}.rgb").read_bytes(), (out_dir / f"{i}.bin").read_bytes()) for i in range(len(pngs))]
 
 
-FILTERS = {"bilinear": (1.0, triangle), "bicubic": (2.0, bicubic)}
+def host_input(crop: np.ndarray, preprocessing: dict) -> bytes:
+    """The model input the host computes for a crop (``spnas.android.app_input``, little-endian)."""
+    spec = PreprocessSpec.from_dict(preprocessing["preprocessing"])
+    tensor = preprocessing["input"]
+    values = android.app_input(crop, spec, tensor, tensor["mode"])
+    return values.astype(values.dtype.newbyteorder("<")).tobytes()
 
 
-def coefficients(in_size: int, out_size: int, interpolation: str = "bilinear"):
-    """``ImageOps.coefficients``: first tap, tap count and 22-bit fixed-point weights per output index."""
-    filter_support, kernel_of = FILTERS[interpolation]
-    scale = in_size / out_size
-    filter_scale = max(scale, 1.0)
-    support = filter_support * filter_scale
-    kernel = math.ceil(support) * 2 + 1
-    first, count, weights = [], [], np.zeros((out_size, kernel), np.int64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        raw = [kernel_of((x + xmin - center + 0.5) * (1.0 / filter_scale)) for x in range(xmax)]
-        total = sum(raw)
-        for x, w in enumerate(raw):
-            w = w / total if total != 0.0 else w
-            weights[xx, x] = int(-0.5 + w * (1 << PRECISION_BITS)) if w < 0 else int(0.5 + w * (1 << PRECISION_BITS))
-        first.append(xmin)
-        count.append(xmax)
-    return first, count, weights
-
-
-def clip8(sums: np.ndarray) -> np.ndarray:
-    return np.where(sums >= 1 << 30, 255, np.where(sums <= 0, 0, sums >> PRECISION_BITS)).astype(np.uint8)
-
-
-def resample_axis(pixels: np.ndarray, out_size: int, axis: int, interpolation: str = "bilinear") -> np.ndarray:
-    """One pass of ``ImageOps.resize`` along ``axis`` (1: horizontal, 0: vertical)."""
-    first, count, weights = coefficients(pixels.shape[axis], out_size, interpolation)
-    source = np.moveaxis(pixels.astype(np.int64), axis, 0)
-    out = np.empty((out_size, *source.shape[1:]), np.uint8)
-    for index in range(out_size):
-        taps = source[first[index]:first[index] + count[index]]
-        sums = (1 << (PRECISION_BITS - 1)) + np.tensordot(weights[index, :count[index]], taps, axes=(0, 0))
-        out[index] = clip8(sums)
-    return np.moveaxis(out, 0, axis)
-
-
-def app_resize(pixels: np.ndarray, width: int, height: int, interpolation: str = "bilinear") -> np.ndarray:
-    if width != pixels.shape[1]:
-        pixels = resample_axis(pixels, width, 1, interpolation)
-    if height != pixels.shape[0]:
-        pixels = resample_axis(pixels, height, 0, interpolation)
-    return pixels
-
-
-def app_resize_and_crop(pixels: np.ndarray, spec=DEFAULT_SPEC) -> np.ndarray:
-    """``ImageOps.resizeAndCrop``: short side to ``resize_size`` (long side truncated), crop offsets half-even."""
-    height, width = pixels.shape[:2]
-    short, long = min(width, height), max(width, height)
-    new_long = int(spec.resize_size * long / short)
-    new_width, new_height = (spec.resize_size, new_long) if width <= height else (new_long, spec.resize_size)
-    resized = app_resize(pixels, new_width, new_height, spec.interpolation)
-    top = int(np.rint((new_height - spec.input_size) / 2.0))
-    left = int(np.rint((new_width - spec.input_size) / 2.0))
-    return resized[top:top + spec.input_size, left:left + spec.input_size]
-
-
-def app_encode(crop: np.ndarray, preprocessing: dict) -> bytes:
-    """``InputEncoder.encode``: a per-channel table of the 256 pixel values, in float32."""
-    spec, tensor = preprocessing["preprocessing"], preprocessing["input"]
-    if tensor["mode"] == "pixels":
-        return crop.tobytes()
-    pixel = np.arange(256, dtype=np.float32)
-    tables = []
-    for channel in range(3):
-        values = (pixel / np.float32(spec["pixel_divisor"]) - np.float32(spec["mean"][channel])) \
-            / np.float32(spec["std"][channel])
-        if tensor["dtype"] == "float32":
-            tables.append(values.astype("<f4"))
-            continue
-        low, high = (-128, 127) if tensor["dtype"] == "int8" else (0, 255)
-        quantized = np.rint((values / np.float32(tensor["scale"])).astype(np.float64)).astype(np.int64)
-        tables.append(np.clip(quantized + tensor["zero_point"], low, high).astype(tensor["dtype"]))
-    return np.stack([tables[c][crop[..., c]] for c in range(3)], axis=-1).tobytes()
-
-
-def decode_png(path) -> np.ndarray:
+def save_png(pixels: np.ndarray, path: Path, mode: str = "RGB") -> Path:
+    """Pixels Pillow decoded, stored losslessly: the JVM reads the same values (JPEG decoders differ)."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    Image.fromarray(pixels).convert(mode).save(path)
+    return path
+
+
+# Real photos (labels.csv rows 640-644) brought to these sizes by Pillow first: enlarged on both axes, one axis
+# or none, reduced by odd factors, wide, and tall (aspect > 2: Pillow 13 runs its vertical pass first when it
+# brings them to the crop's width, ImageOps.verticalFirst), each then resized and cropped by the app and host.
+PHOTO_SIZES = [None, (97, 61), (256, 300), (341, 256), (700, 467), (720, 719), (300, 700), (270, 640), (900, 300)]
+
+
+@pytest.fixture(scope="module")
+def photo_pngs(labels_csv, tmp_path_factory) -> list[Path]:
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("photos")
+    with open(labels_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))[640:645]
+    pngs = []
+    for row in rows:
+        with Image.open(labels_csv.parent / row["file"]) as image:
+            image = image.convert("RGB")
+        for size in PHOTO_SIZES:
+            resized = image if size is None else image.resize(size, Image.BICUBIC)
+            name = f"{Path(row['file']).stem}_{resized.width}x{resized.height}.png"
+            pngs.append(save_png(np.asarray(resized), out / name))
+    return pngs
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -228,67 +193,107 @@ def test_golden_pair_reproduces_in_litert_on_the_host(assets, golden, preprocess
     assert 0 < golden["top5_tie_tolerance"] < golden["logit_tolerance"]
 
 
-def test_app_preprocessing_reproduces_the_golden_input_exactly(assets, preprocessing):
-    """Tolerance 0: the Kotlin pipeline is the host's integer resampler and float32 arithmetic, op for op."""
-    crop = app_resize_and_crop(decode_png(assets / android.SAMPLE_FILE))
-    assert crop.tobytes() == (assets / android.CROP_FILE).read_bytes()
-    assert app_encode(crop, preprocessing) == (assets / android.INPUT_FILE).read_bytes()
+def test_kotlin_jvm_tests_pass_on_the_synced_assets(kotlin_core_jar, assets, capsys):
+    """The app's JVM tests (app/src/test), compiled by the real Kotlin compiler, on freshly synced assets."""
+    tests = sorted(APP_SOURCES.glob("test/java/**/*Test.kt"))
+    classes = [".".join(path.relative_to(APP_SOURCES / "test" / "java").with_suffix("").parts) for path in tests]
+    declared = sum(path.read_text().count("@Test ") + path.read_text().count("@Test\n") for path in tests)
+    result = subprocess.run(
+        ["java", f"-Dspnas.assets={assets}",
+         f"-Dspnas.benchExample={ROOT / 'tests' / 'data' / 'android_app' / 'spnas-bench-android.json'}",
+         "-cp", f"{kotlin_core_jar}{os.pathsep}{JUNIT_JAR}", "org.junit.runner.JUnitCore", *classes],
+        capture_output=True, text=True, timeout=300)
+    summary = re.search(r"^OK \((\d+) tests\)$", result.stdout, re.MULTILINE)
+    with capsys.disabled():
+        print(f"\nKotlin JVM tests (JUnitCore, {len(classes)} classes): "
+              f"{summary.group(0) if summary else result.stdout.strip().splitlines()[-1]}")
+    assert result.returncode == 0 and summary, result.stdout + result.stderr
+    assert int(summary.group(1)) == declared > 30
 
 
-@pytest.mark.parametrize("size", [(97, 61), (256, 300), (341, 256), (700, 467), (1000, 999)])
-def test_app_resize_is_pillow_bilinear_on_real_photos(labels_csv, size):
-    """Up- and downscaling, odd factors, one axis or both: the transcribed resampler equals Pillow's."""
-    from PIL import Image
-
-    with open(labels_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))[640:643]
-    for row in rows:
-        with Image.open(labels_csv.parent / row["file"]) as image:
-            image = image.convert("RGB")
-        expected = np.asarray(image.resize(size, Image.BILINEAR))
-        np.testing.assert_array_equal(app_resize(np.asarray(image), *size), expected)
-        source = np.asarray(image.resize(size, Image.BICUBIC))  # a photo of that size, through the whole crop
-        np.testing.assert_array_equal(app_resize_and_crop(source), host_crop(source))
+def test_app_preprocessing_reproduces_the_golden_input_exactly(kotlin_core_jar, assets, preprocessing, tmp_path):
+    """Tolerance 0: the compiled Kotlin, fed the golden PNG, writes the golden crop and model input."""
+    ((crop, tensor),) = run_app(kotlin_core_jar, preprocessing, [assets / android.SAMPLE_FILE], tmp_path)
+    assert crop == (assets / android.CROP_FILE).read_bytes()
+    assert tensor == (assets / android.INPUT_FILE).read_bytes()
 
 
-def host_crop(pixels: np.ndarray, spec=DEFAULT_SPEC) -> np.ndarray:
-    from PIL import Image
+@pytest.mark.parametrize("case", ["bilinear-int8", "bicubic-float32", "bilinear-uint8"])
+def test_app_preprocessing_is_the_hosts_on_real_photos(case, kotlin_core_jar, assets, preprocessing, photo_pngs,
+                                                       tmp_path):
+    """Tolerance 0 for the uint8 crop and the model input bytes, on every photo size of ``PHOTO_SIZES``.
 
-    from spnas.preprocess import resize_and_crop
-
-    return resize_and_crop(Image.fromarray(pixels), spec)
-
-
-@pytest.mark.parametrize("grow", [(40, 30), (0, -40), (-50, 0), (300, 200)])
-def test_app_bicubic_resize_is_pillow_bicubic_on_real_photos(labels_csv, grow):
-    """Tolerance 0 for bicubic too (negative lobes, clipping at 0 and 255), alone and through a 192 px crop.
-
-    Pillow 13 runs the vertical pass first for some two-axis reductions (its C code before it did not); the
-    transcription runs Pillow's horizontal-first order, so these sizes change one axis or enlarge both.
+    bilinear-int8: the synced int8 model's spec; its input is what the exporter's runner feeds the model.
+    bicubic-float32: a 192 px bicubic crop (crop_pct 0.9: negative lobes, clipping at 0 and 255), float32 input.
+    bilinear-uint8: another normalisation quantized to a uint8 input (mean = std = 0.5, zero point 128).
     """
     import dataclasses
 
-    from PIL import Image
+    from spnas.export import load_runner
 
-    spec = dataclasses.replace(DEFAULT_SPEC, input_size=192, interpolation="bicubic", crop_pct=0.9)
-    with open(labels_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))[643:645]
-    for row in rows:
-        with Image.open(labels_csv.parent / row["file"]) as image:
-            image = image.convert("RGB")
-        size = (image.width + grow[0], image.height + grow[1])
-        expected = np.asarray(image.resize(size, Image.BICUBIC))
-        np.testing.assert_array_equal(app_resize(np.asarray(image), *size, "bicubic"), expected)
-        small = np.asarray(image.resize((150, 120), Image.BICUBIC))  # enlarged on both axes by the crop's resize
-        np.testing.assert_array_equal(app_resize_and_crop(small, spec), host_crop(small, spec))
+    spec, tensor, prepare = DEFAULT_SPEC, None, None
+    if case == "bilinear-int8":
+        runner = load_runner(assets / android.MODEL_FILE)
+        prepare = lambda crop: runner.prepare(crop[None]).tobytes()  # noqa: E731
+    elif case == "bicubic-float32":
+        spec = dataclasses.replace(DEFAULT_SPEC, input_size=192, interpolation="bicubic", crop_pct=0.9)
+        tensor = {"dtype": "float32", "scale": 0.0, "zero_point": 0}
+    else:
+        spec = dataclasses.replace(DEFAULT_SPEC, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        tensor = {"dtype": "uint8", "scale": 0.0078125, "zero_point": 128}
+    document = app_spec(preprocessing, spec, tensor)
+    prepare = prepare or (lambda crop: host_input(crop, document))
+    for png, (crop, model_input) in zip(photo_pngs, run_app(kotlin_core_jar, document, photo_pngs, tmp_path),
+                                        strict=True):
+        expected = load_pixels(png, spec)
+        assert crop == expected.tobytes(), f"crop of {png.name}"
+        assert model_input == prepare(expected), f"model input of {png.name}"
 
 
-def test_app_encoder_matches_the_exporters_runner_on_parity_images(assets, preprocessing, parity_pixels):
+def test_app_encoder_matches_the_exporters_runner_on_parity_images(kotlin_core_jar, assets, preprocessing,
+                                                                   parity_pixels, tmp_path):
+    """224 px crops through a crop_pct 1.0 spec (no resize, whole-image crop): the app's encoder alone."""
+    import dataclasses
+
     from spnas.export import load_runner
 
     runner = load_runner(assets / android.MODEL_FILE)
-    for crop in parity_pixels[:8]:
-        assert app_encode(crop, preprocessing) == runner.prepare(crop[None]).tobytes()
+    document = app_spec(preprocessing, dataclasses.replace(DEFAULT_SPEC, crop_pct=1.0))
+    pngs = [save_png(crop, tmp_path / f"parity{i}.png") for i, crop in enumerate(parity_pixels[:8])]
+    for crop, (app_crop, model_input) in zip(parity_pixels, run_app(kotlin_core_jar, document, pngs, tmp_path),
+                                             strict=False):
+        assert app_crop == crop.tobytes()
+        assert model_input == runner.prepare(crop[None]).tobytes()
+
+
+def test_app_decodes_grey_palette_and_alpha_pngs_as_pillow_does(kotlin_core_jar, preprocessing, photo_pngs,
+                                                                tmp_path):
+    """ImageIO's raster samples, not its colour-converted getRGB: grey stays grey, alpha is dropped unmixed."""
+    from PIL import Image
+
+    with Image.open(photo_pngs[1]) as image:
+        pixels = np.asarray(image)
+    alpha = np.asarray(Image.fromarray(pixels).convert("RGBA")).copy()
+    alpha[..., 3] = np.arange(alpha.shape[1], dtype=np.uint8)[None, :]
+    pngs = [save_png(pixels, tmp_path / f"{mode}.png", mode) for mode in ("L", "LA", "P")]
+    pngs.append(save_png(alpha, tmp_path / "RGBA.png", "RGBA"))
+    for png, (crop, _) in zip(pngs, run_app(kotlin_core_jar, preprocessing, pngs, tmp_path), strict=True):
+        assert crop == load_pixels(png).tobytes(), png.name
+
+
+def test_preprocess_main_refuses_bad_input_in_one_line(kotlin_core_jar, assets, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a PNG")
+    command = ["java", "-cp", str(kotlin_core_jar), "org.spnas.demo.core.PreprocessMain",
+               "--spec", str(assets / android.PREPROCESSING_FILE),
+               "--image", str(assets / android.SAMPLE_FILE), "--out", str(out / "good.bin"),
+               "--image", str(not_an_image), "--out", str(out / "bad.bin")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {not_an_image}: not an image ImageIO can decode"
+    assert list(out.iterdir()) == []  # the good image's output is not written either
 
 
 def test_input_mode_detection():
