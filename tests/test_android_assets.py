@@ -87,7 +87,7 @@ def save_png(pixels: np.ndarray, path: Path, mode: str = "RGB") -> Path:
     """Pixels Pillow decoded, stored losslessly: the JVM reads the same values (JPEG decoders differ)."""
     from PIL import Image
 
-    Image.fromarray(pixels).convert(mode).save(path)
+    Image.fromarray(pixels).convert(mode).save(path, compress_level=1)
     return path
 
 
