@@ -271,7 +271,7 @@ def test_app_decodes_grey_palette_and_alpha_pngs_as_pillow_does(kotlin_core_jar,
     """ImageIO's raster samples, not its colour-converted getRGB: grey stays grey, alpha is dropped unmixed."""
     from PIL import Image
 
-    with Image.open(photo_pngs[1]) as image:
+    with Image.open(photo_pngs[0]) as image:
         pixels = np.asarray(image)
     alpha = np.asarray(Image.fromarray(pixels).convert("RGBA")).copy()
     alpha[..., 3] = np.arange(alpha.shape[1], dtype=np.uint8)[None, :]

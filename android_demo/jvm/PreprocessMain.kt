@@ -88,8 +88,8 @@ object PreprocessMain {
         require(raster.sampleModel.sampleSize.all { it == 8 }) { "$file: only 8-bit samples are supported" }
         val bands = raster.numBands
         val samples = raster.getPixels(0, 0, width, height, null as IntArray?)
-        val colour = if (bands >= 3) 1 else 0
-        return RgbImage(width, height, ByteArray(width * height * 3) { i -> samples[i / 3 * bands + i % 3 * colour].toByte() })
+        val channelStep = if (bands >= 3) 1 else 0 // grey (and grey + alpha): one sample gives R, G and B
+        return RgbImage(width, height, ByteArray(width * height * 3) { i -> samples[i / 3 * bands + i % 3 * channelStep].toByte() })
     }
 
     private fun writeAtomically(file: File, bytes: ByteArray) {
