@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ct.ImageType input with scale/bias, so an app passes a CVPixelBuffer")
     coreml.add_argument("--coreml-int8-mode", choices=["w8a8", "w8"], default="w8a8",
                         help="int8 variant: weights and activations (default) or weights only")
+    executorch = parser.add_argument_group("ExecuTorch")
+    executorch.add_argument("--executorch-int8", choices=["plan", "pt2e"], default="plan",
+                            help="int8 .pte: lower the export's quant plan like every other format (default), or "
+                                 "ExecuTorch's own PT2E flow (XNNPACKQuantizer, HistogramObserver calibration)")
     android = parser.add_argument_group("Android")
     android.add_argument("--android-assets", metavar="DIR",
                          help="copy the int8 (else float) .tflite, labels, preprocessing JSON and a golden pair here")
@@ -210,7 +214,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
 
     reference = TorchRunner(model, spec).run(parity.pixels)
     options = {k: getattr(args, k) for k in ("uint8_input", "app", "dynamic_batch", "fp32", "image_input",
-                                             "coreml_int8_mode")}
+                                             "coreml_int8_mode", "executorch_int8")}
     entries, int8_logits = [], {}
     fallback_block = None
     if args.fallback == "auto" and plan is None and not weights.is_random:

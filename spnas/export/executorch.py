@@ -8,12 +8,14 @@ export (``lower``): a node left outside the delegate, or any operator in the pro
 execution plan, raises ``SpnasError`` naming it, because on a phone those run on slow
 portable kernels.  The delegated / non-delegated op counts go into ``Artifact.details``.
 
-**int8** is ExecuTorch's own PT2E flow, the one its documentation gives for XNNPACK:
-``XNNPACKQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True)`` (int8
-per-channel symmetric weights, int8 per-tensor activations from ``HistogramObserver``),
-``prepare_pt2e``, calibration on ``ctx.calibration_pixels`` normalised exactly as the
-reference, ``convert_pt2e``, then the same lowering.  Calibration runs on a copy exported with
-a dynamic batch so it can take the images in chunks; the program itself is re-exported at batch 1.
+**int8** lowers the export's ``QuantPlan`` by default (``spnas.export.executorch_plan``): the
+PT2E graph ``XNNPACKQuantizer`` annotates, with every observer replaced by the plan's grid and
+no calibration, so the ``.pte`` computes what the TFLite, ONNX and CoreML int8 artifacts compute
+and joins their pairwise agreement.  ``options["executorch_int8"] = "pt2e"`` (``spnas-export
+--executorch-int8 pt2e``) keeps ExecuTorch's own flow for comparison: ``XNNPACKQuantizer`` with
+``get_symmetric_quantization_config(is_per_channel=True)`` (``HistogramObserver`` activations),
+``prepare_pt2e``, calibration on ``ctx.calibration_pixels`` (on a copy exported with a dynamic
+batch, in chunks), ``convert_pt2e``; that artifact is its own quantization, not the plan's.
 
 **Input** ``forward(input)``: float32 NCHW ``(1, 3, S, S)`` (``S = ctx.preprocessing.input_size``),
 RGB, normalised ``(pixel / divisor - mean) / std``; output float32 logits ``(1, num_classes)``.
@@ -56,6 +58,7 @@ METADATA_PREFIX = "spnas_"
 CLASS_NAMES_METHOD = "spnas_class_names"
 CALIBRATION_CHUNK = 16  # images per calibration forward: bounds memory, amortises the observers' per-call cost
 PARTITIONER = "XnnpackPartitioner"
+INT8_FLOWS = ("plan", "pt2e")  # --executorch-int8: the export's plan (default), or ExecuTorch's own calibration
 INPUT_DOC = ("forward(input): float32 NCHW (1, 3, S, S), RGB, (pixel / divisor - mean) / std with spnas_preprocessing; "
              "returns float32 logits (1, num_classes)")
 # Nodes that stay outside a delegate without running a kernel: the delegate call and its output unpacking.
@@ -154,7 +157,8 @@ def lower(exported, constant_methods: dict[str, object]) -> tuple[bytes, dict]:
 
 
 def export(ctx: ExportContext) -> list[Artifact]:
-    """Write ``spnasnet_100_fp32.pte`` and, with ``ctx.int8``, ``spnasnet_100_int8.pte``."""
+    """Write ``spnasnet_100_fp32.pte`` and, with ``ctx.int8``, ``spnasnet_100_int8.pte`` (``ctx.options
+    ["executorch_int8"]``: ``"plan"``, the default, lowers the export's plan; ``"pt2e"`` is ExecuTorch's own flow)."""
     from spnas.io import atomic_write_bytes
 
     if len(ctx.class_names) != ctx.model.num_classes:
@@ -165,27 +169,47 @@ def export(ctx: ExportContext) -> list[Artifact]:
 
     common = {"exporter": f"torch.export + executorch {version('executorch')} to_edge_transform_and_lower",
               "input": {"name": "input", "layout": "NCHW", "dtype": "float32", "shape": [1, 3, size, size]}}
-    graphs = [("fp32", lambda: export_graph(ctx.model, spec), {})]
+    builds = [("fp32", lambda: (export_graph(ctx.model, spec), {}))]
     if ctx.int8:
-        scheme = {"quantizer": "XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True)",
-                  "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor affine, HistogramObserver",
-                  "calibration_images": int(len(ctx.calibration_pixels))}
-        graphs.append(("int8", lambda: quantize_default(ctx.model, ctx.calibration_pixels, spec),
-                       {"quantization": scheme}))
+        builds.append(("int8", lambda: int8_program(ctx)))
     artifacts = []
-    for precision, build, extra in graphs:
-        ctx.progress(f"executorch: {precision} torch.export" + (
-            f", PT2E calibration on {len(ctx.calibration_pixels)} images" if precision == "int8" else "")
-            + ", XNNPACK lowering")
+    for precision, build in builds:
+        exported, extra = build()
+        ctx.progress(f"executorch: {precision} XNNPACK lowering")
         metadata = {**artifact_metadata(ctx, precision), "spnas.input": INPUT_DOC}
         methods = metadata_methods(metadata, ctx.class_names)
-        content, delegation = lower(build(), methods)
+        content, delegation = lower(exported, methods)
         ctx.progress(f"executorch: {precision} {delegation['delegated_ops']} ops delegated to XNNPACK in "
                      f"{delegation['delegated_subgraphs']} subgraph(s), {delegation['non_delegated_ops']} outside")
         path = atomic_write_bytes(Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}", content)
         artifacts.append(Artifact(FORMAT, precision, path, {**common, "metadata_methods": sorted(methods),
                                                             "delegation": delegation, **extra}))
     return artifacts
+
+
+def int8_program(ctx: ExportContext):
+    """The int8 ``ExportedProgram`` of the chosen flow and its ``details["quantization"]``."""
+    flow = ctx.options.get("executorch_int8") or INT8_FLOWS[0]
+    if flow not in INT8_FLOWS:
+        raise SpnasError(f"unknown ExecuTorch int8 flow {flow!r}: choose from {', '.join(INT8_FLOWS)}")
+    if flow == "pt2e":
+        ctx.progress(f"executorch: int8 ExecuTorch's own PT2E flow, calibrating on {len(ctx.calibration_pixels)} "
+                     "images")
+        scheme = {"flow": flow, "quantizer": "XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True)",
+                  "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor affine, HistogramObserver",
+                  "calibration_images": int(len(ctx.calibration_pixels))}
+        return quantize_default(ctx.model, ctx.calibration_pixels, ctx.preprocessing), {"quantization": scheme}
+    from spnas.export.executorch_plan import quantize_plan
+    from spnas.folding import fold_batchnorm
+    from spnas.quantize import plan_to_lower
+
+    plan, quantization = plan_to_lower(ctx, FORMAT)
+    scheme = {"flow": flow, "scheme": "XNNPACKQuantizer patterns with the plan's observers, no calibration: int8 "
+              "per-channel symmetric weights, int8 per-tensor affine activations, int32 bias (XNNPACK)",
+              **quantization}
+    with _quiet():
+        exported = quantize_plan(fold_batchnorm(ctx.model), plan, ctx.preprocessing, export_graph)
+    return exported, {"quantization": scheme}
 
 
 # ---------------------------------------------------------------- runtime
@@ -287,11 +311,17 @@ class ExecuTorchRunner(RunnerBase):
             raise SpnasError(f"expected uint8 crops (N, {size[0]}, {size[1]}, 3), got {pixels.shape}")
         return normalize(pixels, self.spec, "NCHW")
 
-    def invoke(self, prepared: np.ndarray) -> np.ndarray:
+    def invoke(self, prepared) -> np.ndarray:
+        """Logits of normalised NCHW float32 input (numpy or torch), one execute per image.  ExecuTorch's
+        binding reads a tensor's memory as contiguous whatever its strides (a channels-last view of the
+        right shape gives wrong logits and no error), so every image is passed as a contiguous copy."""
         import torch
 
-        logits = [self.method.execute([torch.from_numpy(prepared[index:index + 1])])[0].numpy()
-                  for index in range(len(prepared))]
+        batch = torch.as_tensor(prepared)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape[1:] or batch.dtype != torch.float32:
+            raise SpnasError(f"expected float32 NCHW input (N, {', '.join(map(str, self.input_shape[1:]))}), "
+                             f"got {batch.dtype} {tuple(batch.shape)}")
+        logits = [self.method.execute([image.unsqueeze(0).contiguous()])[0].numpy() for image in batch]
         return np.concatenate(logits).astype(np.float32)
 
 
