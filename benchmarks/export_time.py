@@ -84,8 +84,8 @@ def main(argv=None) -> int:
               f"{result['load_average_after'][0]:.1f}", flush=True)
         for step, seconds in result["steps_seconds"].items():
             print(f"  {seconds:6.1f} s  {step}")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(run, indent=1) + "\n")
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(run, indent=1) + "\n")  # after each flow: a long run keeps what it has
     return 0
 
 
