@@ -132,16 +132,19 @@ def test_the_pt2e_flow_stays_available(tmp_path):
     ctx = ExportContext(model=TinyNet(), weights=SimpleNamespace(source="tiny", sha256="0" * 64), preprocessing=spec,
                         calibration_pixels=pixels, out_dir=tmp_path, int8=True, options={"executorch_int8": "pt2e"},
                         class_names=list("abcd"), progress=lambda message: None)
-    (artifact,) = [a for a in et.export(ctx) if a.precision == "int8"]
-    quantization = artifact.details["quantization"]
+    program, details = et.int8_program(ctx)
+    quantization = details["quantization"]
     assert quantization["flow"] == "pt2e" and quantization["calibration_images"] == 4
-    assert not lowers_plan({"precision": "int8", "details": artifact.details})
-    np.testing.assert_allclose(et.load(artifact.path).run(pixels), TinyNet()(torch.from_numpy(normalize(pixels, spec)))
-                               .detach().numpy(), atol=0.05)
+    assert not lowers_plan({"precision": "int8", "details": details})
+    content, delegation = et.lower(program, {})
+    assert delegation["delegated_by_op"]["quantized_decomposed_dequantize_per_channel_default"] == 1
+    (tmp_path / "tiny_int8.pte").write_bytes(content)
+    with torch.no_grad():
+        expected = TinyNet()(torch.from_numpy(normalize(pixels, spec))).numpy()
+    np.testing.assert_allclose(et.load(tmp_path / "tiny_int8.pte").invoke(normalize(pixels, spec)), expected, atol=0.05)
+    ctx.options["executorch_int8"] = "qat"
     with pytest.raises(SpnasError, match="unknown ExecuTorch int8 flow 'qat'"):
-        et.export(ExportContext(model=TinyNet(), weights=ctx.weights, preprocessing=spec, calibration_pixels=pixels,
-                                out_dir=tmp_path, int8=True, options={"executorch_int8": "qat"},
-                                class_names=list("abcd"), progress=lambda message: None))
+        et.int8_program(ctx)
 
 
 def test_metadata_read_back_from_the_program(cli_exports, fixture_model):
