@@ -9,6 +9,7 @@ program with another input size and normalisation.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -101,8 +102,7 @@ def test_plan_observers_carry_the_plan(quant_plan, fixture_model):
     from spnas.folding import fold_batchnorm
 
     plan = replace(quant_plan, float_layers=["blocks.3.1.conv_pwl"])
-    program = quantize_plan(fold_batchnorm(fixture_model), plan, DEFAULT_SPEC, et.export_graph)
-    graph = program.graph_module
+    graph = quantize_plan(fold_batchnorm(fixture_model), plan, DEFAULT_SPEC, et.export_graph).module()
     grids = {(float(np.float32(g.scale)), g.zero_point) for g in plan.tensors.values()}
     scales = {name: np.asarray(layer.weight_scales, np.float32) for name, layer in plan.layers.items()}
     per_tensor, per_channel = 0, []
@@ -113,7 +113,7 @@ def test_plan_observers_carry_the_plan(quant_plan, fixture_model):
             per_tensor += 1
             assert (node.args[1], node.args[2]) in grids, node.args[1:3]
         elif node.target == torch.ops.quantized_decomposed.dequantize_per_channel.default:
-            per_channel.append(getattr(graph, node.args[1].target).numpy())
+            per_channel.append(functools.reduce(getattr, node.args[1].target.split("."), graph).numpy())
     assert per_tensor >= len(plan.tensors) - 1  # the pool's flatten repeats the pool's grid
     assert len(per_channel) == len(plan.layers) - 1  # every layer but the float one
     layer_scales = [s for name, s in scales.items() if name not in plan.float_layers]
