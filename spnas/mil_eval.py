@@ -17,6 +17,15 @@ to even, like coremltools' own value inference); ``dequantize`` and
 program's semantics as written; it does not reproduce the numerics of Apple's runtime on
 the Neural Engine, GPU or CPU (which may accumulate in float16 or fuse ops).
 
+**Speed without new numerics.**  Tensors are held in float32 whatever their declared dtype:
+an fp16 output is rounded to float16 and widened back (the value every consumer upcast to
+anyway), an int8 output is kept as its exact integers, so no op pays a float16 round trip on
+its inputs and constants are widened once at load; the declared dtype is restored on the
+program's outputs.  A program written for batch 1 runs a batch of N images in one pass when
+every op is per image (checked at load): each op handles the N images at once, and the matrix
+products (convolution, linear) are still one BLAS call per image of exactly today's shape, so
+every image's result is bit for bit its batch-1 result.  A tensor is freed after its last use.
+
 **Coverage.**  Exactly the ops spnas' graphs contain: ``const``,
 ``constexpr_affine_dequantize``, ``cast``, ``conv`` (groups 1 or depthwise; custom or
 valid padding), ``relu``, ``add``, ``sub`` and ``mul`` (these two from the image-input
@@ -168,8 +177,12 @@ def _along_axis(values: np.ndarray, rank: int, axis: int | None) -> np.ndarray:
 
 
 def _dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int | None) -> np.ndarray:
-    zero = 0.0 if zero_point is None else _along_axis(zero_point, q.ndim, axis)
-    return (_to_f32(q) - zero) * _along_axis(scale, q.ndim, axis)
+    """``(q - zero_point) * scale``; subtracting a zero point of 0 changes no float, so it is skipped."""
+    if zero_point is None or not np.any(zero_point):
+        return _to_f32(q) * _along_axis(scale, q.ndim, axis)
+    out = _to_f32(q) - _along_axis(zero_point, q.ndim, axis)
+    out *= _along_axis(scale, q.ndim, axis)
+    return out
 
 
 def op_constexpr_affine_dequantize(quantized_data, zero_point, scale, axis):
@@ -177,14 +190,16 @@ def op_constexpr_affine_dequantize(quantized_data, zero_point, scale, axis):
 
 
 def op_quantize(input, scale, output_dtype, zero_point=None, axis=None):  # MIL parameter names
+    """The clipped integers, as float32: the declared output dtype stores them."""
     dtype = {"int8": np.int8, "uint8": np.uint8}.get(str(output_dtype))
     if dtype is None:
         raise SpnasError(f"MIL quantize to {output_dtype!r} is not supported by spnas.mil_eval")
-    q = np.rint(_to_f32(input) / _along_axis(scale, input.ndim, axis))
+    q = _to_f32(input) / _along_axis(scale, input.ndim, axis)
+    np.rint(q, out=q)
     if zero_point is not None:
-        q = q + _along_axis(zero_point, input.ndim, axis)
+        q += _along_axis(zero_point, input.ndim, axis)
     info = np.iinfo(dtype)
-    return np.clip(q, info.min, info.max).astype(dtype)
+    return np.clip(q, info.min, info.max, out=q)
 
 
 def op_dequantize(input, scale, zero_point=None, axis=None):
@@ -223,8 +238,13 @@ def op_reshape(x, shape):
 
 
 def op_linear(x, weight, bias=None):
-    out = _to_f32(x) @ _to_f32(weight).T
-    return out if bias is None else out + _to_f32(bias)
+    """One matrix product per row, as at batch 1 (BLAS may sum a many-row product in another order)."""
+    weight_t = _to_f32(weight).T
+    rows = _to_f32(x).reshape(-1, 1, x.shape[-1])
+    out = np.concatenate([row @ weight_t for row in rows]).reshape(*x.shape[:-1], weight_t.shape[1])
+    if bias is not None:
+        out += _to_f32(bias)
+    return out
 
 
 def op_softmax(x, axis):
@@ -264,18 +284,25 @@ def op_conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dila
 
     taps = [(i, j) for i in range(kernel_h) for j in range(kernel_w)]
     groups = int(groups)
-    if groups == 1:
-        columns = np.stack([tap(i, j) for i, j in taps], axis=2)  # N, C, K, H', W'
-        flat = columns.reshape(batch, channels * len(taps), out_h * out_w)
+    if groups == 1:  # one BLAS product per image (numpy's matmul loops over the stacked images)
+        if len(taps) == 1 and stride_h == stride_w == 1:
+            flat = x.reshape(batch, channels, out_h * out_w)
+        else:
+            columns = np.stack([tap(i, j) for i, j in taps], axis=2)  # N, C, K, H', W'
+            flat = columns.reshape(batch, channels * len(taps), out_h * out_w)
         out = (weight.reshape(out_channels, -1) @ flat).reshape(batch, out_channels, out_h, out_w)
     elif groups == channels == out_channels and group_channels == 1:
         out = np.zeros((batch, out_channels, out_h, out_w), np.float32)
+        term = np.empty_like(out)
         for i, j in taps:
-            out += weight[:, 0, i, j].reshape(1, -1, 1, 1) * tap(i, j)
+            np.multiply(weight[:, 0, i, j].reshape(1, -1, 1, 1), tap(i, j), out=term)
+            out += term
     else:
         raise SpnasError(f"MIL conv with groups={groups} ({channels} -> {out_channels} channels) is not supported "
                          "by spnas.mil_eval (only groups=1 and depthwise)")
-    return out if bias is None else out + _to_f32(bias).reshape(1, -1, 1, 1)
+    if bias is not None:
+        out += _to_f32(bias).reshape(1, -1, 1, 1)
+    return out
 
 
 KERNELS = {
@@ -284,6 +311,41 @@ KERNELS = {
     "dequantize": op_dequantize, "softmax": op_softmax, "classify": op_classify,
 }
 CONSTEXPR_KERNELS = {"constexpr_affine_dequantize": op_constexpr_affine_dequantize}
+
+
+def _held(value, dtype, owned: bool = False):
+    """An op's result as held between ops: float32 carrying the value of the declared ``dtype`` (module docstring).
+    ``owned``: the result is a fresh array nothing else refers to, so float16 rounding may happen in place."""
+    if dtype is np.float16:
+        value = np.asarray(value, np.float32)
+        return _round_to_float16(value if owned and value.flags.c_contiguous else value.copy())
+    if dtype is np.float32:
+        return np.asarray(value, np.float32)
+    return np.asarray(value).astype(dtype, copy=False)
+
+
+def _round_to_float16(x: np.ndarray) -> np.ndarray:
+    """``x.astype(float16).astype(float32)`` bit for bit, in place, at twice its speed: round-to-nearest-even of the
+    float32 bits to float16's 10 mantissa bits; values outside float16's normal range [2**-14, 65520) (zeros,
+    subnormals, overflow, inf, nan) take numpy's own cast."""
+    bits = x.reshape(-1).view(np.int32)  # a view: x is contiguous
+    scratch = bits & 0x7FFFFFFF
+    scratch -= 0x38800000  # 2**-14
+    outside = np.flatnonzero(scratch.view(np.uint32) >= 0x0EFFF000)  # 65520 - 2**-14, as float32 bits
+    kept = x.flat[outside].copy()
+    np.right_shift(bits, 13, out=scratch)
+    scratch &= 1
+    scratch += 0xFFF
+    bits += scratch
+    bits &= ~0x1FFF
+    x.flat[outside] = kept.astype(np.float16).astype(np.float32)
+    return x
+
+
+# Ops whose output values are input values (or views of them): no rounding when the dtype stays.
+VALUE_PRESERVING = ("relu", "reshape", "cast")
+# Ops whose every image is computed from that image alone, given the axis they work along.
+PER_IMAGE_AXES = {"reduce_mean": "axes", "softmax": "axis", "quantize": "axis", "dequantize": "axis"}
 
 
 class MilProgram:
@@ -311,6 +373,7 @@ class MilProgram:
         if unknown:
             raise SpnasError(f"{package}: MIL op(s) {', '.join(unknown)} not supported by spnas.mil_eval")
         self.op_counts = Counter(op.type for op in ops)
+        self.tables: dict[int, np.ndarray] = {}
         self.constants: dict[str, np.ndarray] = {}
         self.ops: list[Op] = []
         for op in ops:
@@ -320,6 +383,58 @@ class MilProgram:
                 self._execute(op, CONSTEXPR_KERNELS[op.type], self.constants)
             else:
                 self.ops.append(op)
+        self.constants = {name: value.astype(np.float32) if isinstance(value, np.ndarray) and value.dtype == np.float16
+                          else value for name, value in self.constants.items()}  # exact
+        self.declared = {name: tensor_type for op in ops for name, tensor_type in op.outputs}
+        self.declared.update(self.inputs)
+        self.per_image = self._per_image()
+        self.tables = {id(op): table for op in self.ops if (table := self._dequantize_table(op)) is not None}
+
+    def _dequantize_table(self, op: Op) -> np.ndarray | None:
+        """A per-tensor dequantize of 8-bit integers as a 256-entry table, indexed by the integers' bytes: the op
+        itself evaluated on every possible input, so looking values up gives exactly its results, in one pass."""
+        if op.type != "dequantize" or op.inputs["input"][0][0] != "name" or "axis" in op.inputs:
+            return None
+        dtype = self.declared[op.inputs["input"][0][1]].dtype
+        scale = self._constant(op.inputs["scale"][0])
+        zero_point = self._constant(op.inputs["zero_point"][0]) if "zero_point" in op.inputs else None
+        if dtype not in (np.int8, np.uint8) or scale is None or np.ndim(scale) or \
+                ("zero_point" in op.inputs and (zero_point is None or np.ndim(zero_point))):
+            return None
+        every = np.arange(256, dtype=np.uint8).view(dtype)
+        return _held(op_dequantize(every, scale, zero_point), op.outputs[0][1].dtype)
+
+    def _per_image(self) -> bool:
+        """Whether a batch of N images may run in one pass: every tensor is declared at batch 1 and no op works
+        along axis 0 (a reduction, softmax or per-axis quantization there would mix the images)."""
+        if any(not t.shape or t.shape[0] != 1 for t in self.inputs.values()):
+            return False
+        for op in self.ops:
+            if op.type == "classify":  # batch 1 by nature: run() refuses it on a batch
+                continue
+            if any(not t.shape or t.shape[0] != 1 for _, t in op.outputs):
+                return False
+            parameter = PER_IMAGE_AXES.get(op.type)
+            if parameter is None or (parameter not in op.inputs and op.type != "reduce_mean"):
+                continue
+            axes = self._constant(op.inputs[parameter][0]) if parameter in op.inputs else None
+            if axes is None:
+                return False  # all axes, or axes known only at run time
+            data = self._constant(op.inputs["x" if "x" in op.inputs else "input"][0])
+            rank = len(self.declared[op.inputs["x" if "x" in op.inputs else "input"][0][1]].shape
+                       if data is None else np.shape(data))
+            if any(int(a) % rank == 0 for a in np.atleast_1d(axes)):
+                return False
+        return True
+
+    def _dtype_of(self, binding):
+        kind, content = binding
+        return self.declared[content].dtype if kind == "name" and content in self.declared else None
+
+    def _constant(self, binding):
+        """The value of an op input known before running (an immediate or a ``const``), else None."""
+        kind, content = binding
+        return content if kind == "value" else self.constants.get(content)
 
     def _tensor_type(self, value_type) -> TensorType:
         kind = value_type.WhichOneof("type")
@@ -377,7 +492,8 @@ class MilProgram:
         name = op.attributes["name"].immediateValue.tensor.strings.values[0] if "name" in op.attributes else ""
         return Op(op.type, name or outputs[0][0], inputs, outputs)
 
-    def _execute(self, op: Op, kernel, env: dict) -> None:
+    def _execute(self, op: Op, kernel, env: dict, batch: int | None = None) -> None:
+        """Run one op; ``batch``: N images in a program declared at batch 1 (shapes' leading 1 read as N)."""
         def resolve(binding):
             kind, content = binding
             return env[content] if kind == "name" else content
@@ -386,6 +502,11 @@ class MilProgram:
             raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r} has variadic inputs, not supported by "
                              "spnas.mil_eval")
         arguments = {parameter: resolve(bindings[0]) for parameter, bindings in op.inputs.items()}
+        if id(op) in self.tables:
+            env[op.outputs[0][0]] = self.tables[id(op)][arguments["input"].view(np.uint8)]
+            return
+        if batch is not None and op.type == "reshape":
+            arguments["shape"] = (batch, *arguments["shape"][1:])
         try:
             result = kernel(**arguments)
         except TypeError as exc:  # an input the kernel does not know
@@ -395,25 +516,64 @@ class MilProgram:
                 env[output_name] = value
             return
         (output_name, output_type), = op.outputs
-        result = np.asarray(result).astype(output_type.dtype, copy=False)
-        expected = output_type.shape
+        if op.type in VALUE_PRESERVING and all(self._dtype_of(bindings[0]) is output_type.dtype
+                                               for bindings in op.inputs.values() if bindings[0][0] == "name"):
+            result = np.asarray(result)  # already held as its declared dtype
+        else:
+            result = _held(result, output_type.dtype, owned=op.type not in VALUE_PRESERVING)
+        expected = output_type.shape if batch is None else (batch, *output_type.shape[1:])
         if not _shape_matches(expected, result.shape):
             raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r} gave shape {result.shape}, program "
                              f"declares {expected}")
         env[output_name] = result
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Evaluate the program; inputs are cast to their declared dtype like Core ML does."""
+    def _schedule(self, outputs: tuple[str, ...]) -> list[tuple[Op, list[str]]]:
+        """The ops ``outputs`` need, in program order, each with the tensors that die after it."""
+        needed, wanted = [], set(outputs)
+        for op in reversed(self.ops):
+            if wanted & {name for name, _ in op.outputs}:
+                needed.append(op)
+                wanted |= {content for bindings in op.inputs.values() for kind, content in bindings if kind == "name"}
+        needed.reverse()
+        last_use = {}
+        for index, op in enumerate(needed):
+            for bindings in op.inputs.values():
+                for kind, content in bindings:
+                    if kind == "name" and content not in self.constants:
+                        last_use[content] = index
+        dying = [[] for _ in needed]
+        for name, index in last_use.items():
+            if name not in outputs:
+                dying[index].append(name)
+        return list(zip(needed, dying, strict=True))
+
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Evaluate the program (only what ``outputs`` need, default all); inputs are cast to their declared dtype
+        like Core ML does.  A program declared at batch 1 also takes N images at once when every op is per image."""
+        outputs = tuple(self.outputs if outputs is None else outputs)
         env = dict(self.constants)
+        batch = None
         for name, tensor_type in self.inputs.items():
             if name not in feeds:
                 raise SpnasError(f"{self.package}: missing input {name!r}")
             value = np.asarray(feeds[name])
-            if not _shape_matches(tensor_type.shape, value.shape):
+            if self.per_image and value.ndim == len(tensor_type.shape) and value.shape[0] != 1 and \
+                    _shape_matches(tensor_type.shape[1:], value.shape[1:]):
+                batch = value.shape[0]
+            elif not _shape_matches(tensor_type.shape, value.shape):
                 raise SpnasError(f"{self.package}: input {name!r} has shape {value.shape}, program expects "
                                  f"{tensor_type.shape}")
-            env[name] = value.astype(tensor_type.dtype, copy=False)
+            env[name] = _held(value.astype(tensor_type.dtype, copy=False), tensor_type.dtype)
+        schedule = self._schedule(outputs)
+        if batch is not None and any(op.type == "classify" for op, _ in schedule):
+            raise SpnasError(f"{self.package}: the classifier outputs take one image at a time")
         with _single_threaded_blas():
-            for op in self.ops:
-                self._execute(op, KERNELS[op.type], env)
-        return {name: env[name] for name in self.outputs}
+            for op, dying in schedule:
+                self._execute(op, KERNELS[op.type], env, batch)
+                for name in dying:
+                    del env[name]
+        return {name: self._declared_value(name, env[name]) for name in outputs}
+
+    def _declared_value(self, name: str, value):
+        dtype = self.declared[name].dtype if name in self.declared else None
+        return value.astype(dtype) if isinstance(value, np.ndarray) and dtype not in (None, list, dict, str) else value
