@@ -3,9 +3,12 @@
 ``--val`` is an ImageFolder (one sub-folder per class, named as the classes) or a CSV file with
 ``file,label`` columns (files relative to the CSV's folder).  Labels are class names, checked
 against the model's before anything runs; the set must share no file (by sha256) with the
-calibration images.  Images are decoded and preprocessed in bounded batches, optionally on
-worker processes, and every model runs on a batch before the next is decoded, so memory stays
-flat whatever the set's size; only per-image outcomes are kept.
+calibration images.  Images are decoded and preprocessed in bounded batches, on worker processes
+for large sets (a background thread otherwise), the next batch while the models run the current
+one; the models run a batch side by side on a thread pool (one per core; the runtimes release
+the GIL), each artifact fed ``RUNTIME_BATCH`` images per call where its runtime takes batches
+(``spnas.export.load_runner``), and all finish a batch before the next, so memory stays flat
+whatever the set's size; only per-image outcomes are kept.
 
 Per artifact the report gives top-1/top-5, the top-1 drop against the reference in percentage
 points with a 95 % interval from a paired bootstrap of the per-image outcomes (exact for paired
@@ -31,6 +34,7 @@ from spnas.io import sha256_file
 from spnas.preprocess import PreprocessSpec, load_pixels
 
 BATCH = 32
+RUNTIME_BATCH = 8  # images per runtime call where a runtime takes batches (each image's logits as at batch 1)
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 FLIPS_LISTED = 50  # flipped images named per artifact in the report (all are counted)
@@ -129,9 +133,19 @@ def stream(valset: ValSet, spec: PreprocessSpec, *, batch: int = BATCH, workers:
         pixels = np.stack(crops) if crops else np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
         return np.asarray(kept, np.int64), pixels, [why for _, why in results if why is not None]
 
-    if workers <= 0:
-        for chunk in chunks:
-            yield collect(chunk, [_decode(job) for job in jobs(chunk)])
+    if workers <= 0:  # one background thread: Pillow decodes without the GIL
+        from concurrent.futures import ThreadPoolExecutor
+
+        def decode_chunk(chunk):
+            return [_decode(job) for job in jobs(chunk)]
+
+        with ThreadPoolExecutor(1) as thread:
+            pending = thread.submit(decode_chunk, chunks[0]) if chunks else None
+            for number, chunk in enumerate(chunks):
+                results = pending.result()
+                if number + 1 < len(chunks):
+                    pending = thread.submit(decode_chunk, chunks[number + 1])
+                yield collect(chunk, results)
         return
     import multiprocessing
 
@@ -163,29 +177,34 @@ def evaluate_all(valset: ValSet, spec: PreprocessSpec, reference, runners: dict[
                  workers: int | None = None, warn: Callable[[str], object] | None = None) -> dict:
     """One streamed pass: the reference and every runner on each batch.  Returns the report's ``validation``
     block (``reference`` and ``n_images``) and ``artifacts``: {name: accuracy block}."""
+    from concurrent.futures import ThreadPoolExecutor
+
     n = len(valset)
-    outcomes = {name: Outcomes(n) for name in ["reference", *runners]}
+    models = {"reference": reference, **runners}
+    outcomes = {name: Outcomes(n) for name in models}
     used = np.zeros(n, bool)
     skipped: list[str] = []
     start = last = time.perf_counter()
     done = 0
-    for indices, pixels, reasons in stream(valset, spec, batch=batch, workers=workers):
-        for reason in reasons:
-            skipped.append(reason)
-            if warn:
-                warn(f"skipping image {reason}")
-        if len(indices):
-            labels = valset.labels[indices]
-            outcomes["reference"].add(indices, reference.run(pixels), labels)
-            for name, runner in runners.items():
-                outcomes[name].add(indices, runner.run(pixels), labels)
-            used[indices] = True
-        done += len(indices) + len(reasons)
-        now = time.perf_counter()
-        if progress and (now - last > 5 or done == n):
-            rate = done / max(now - start, 1e-9)
-            progress(f"validation: {done}/{n} images, {rate:.1f} images/s, ETA {_clock((n - done) / rate)}")
-            last = now
+    pool = ThreadPoolExecutor(max(1, min(len(models), os.cpu_count() or 1)), thread_name_prefix="spnas-val")
+    with pool:
+        for indices, pixels, reasons in stream(valset, spec, batch=batch, workers=workers):
+            for reason in reasons:
+                skipped.append(reason)
+                if warn:
+                    warn(f"skipping image {reason}")
+            if len(indices):
+                labels = valset.labels[indices]
+                logits = {name: pool.submit(model.run, pixels) for name, model in models.items()}
+                for name, result in logits.items():
+                    outcomes[name].add(indices, result.result(), labels)
+                used[indices] = True
+            done += len(indices) + len(reasons)
+            now = time.perf_counter()
+            if progress and (now - last > 5 or done == n):
+                rate = done / max(now - start, 1e-9)
+                progress(f"validation: {done}/{n} images, {rate:.1f} images/s, ETA {_clock((n - done) / rate)}")
+                last = now
     if not used.any():
         raise SpnasError(f"--val {shown(valset.source)}: no usable image; first skipped: {skipped[0]}")
     labels = valset.labels[used]
@@ -264,7 +283,7 @@ def validate_entries(valset: ValSet, spec: PreprocessSpec, reference, entries: l
     with ``options.max_accuracy_drop`` and returns the report's ``validation`` block."""
     from spnas.export import load_runner
 
-    runners = {entry["path"]: load_runner(Path(root) / entry["path"]) for entry in entries}
+    runners = {entry["path"]: load_runner(Path(root) / entry["path"], batch=RUNTIME_BATCH) for entry in entries}
     with console.step(f"task accuracy on {len(valset)} validation images ({len(runners)} artifact(s))"):
         result = evaluate_all(valset, spec, reference, runners, progress=console.info, warn=console.warn,
                               workers=getattr(options, "val_workers", None))

@@ -149,6 +149,18 @@ def test_mil_eval_runs_the_classifier_outputs(default_artifacts, parity_pixels, 
         np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-3)
 
 
+def test_evaluator_batch_gives_each_image_its_batch_1_outputs(default_artifacts, default_logits, parity_pixels):
+    """The runner evaluates 16 images per pass; each image's logits are bit for bit its batch-1 evaluation."""
+    from spnas.mil_eval import MilProgram
+
+    for precision, artifact in default_artifacts.items():
+        program = MilProgram(artifact.path)
+        assert program.per_image
+        for i in (0, 17, len(parity_pixels) - 1):  # first and second pass, and the short last one
+            alone = program.run({"input": normalize(parity_pixels[i:i + 1], DEFAULT_SPEC)})["logits"]
+            np.testing.assert_array_equal(default_logits[precision][i], alone[0].astype(np.float32))
+
+
 def test_fp16_package_is_float16_and_matches_reference(default_artifacts, default_metrics):
     block = mil_spec(default_artifacts["fp16"].path)
     conv_types = {op.outputs[0].type.tensorType.dataType for op in block.operations if op.type == "conv"}

@@ -337,6 +337,30 @@ def test_verify_val_gate_on_the_coarse8_int8(coarse8_export, coarse8_split, tmp_
     assert entry["gate"]["thresholds"]["max_accuracy_drop_pct"] == -50 and entry["passed"] is False
 
 
+def test_batched_validation_equals_one_image_at_a_time(coarse8_export, coarse8_split):
+    """--val feeds LiteRT ``RUNTIME_BATCH`` images per call, models side by side: on the last 64 rows the accuracy,
+    drop, interval and flips are those of the one-image-at-a-time runners."""
+    from conftest import shared_path
+
+    from spnas.export import load_runner
+    from spnas.reference import TorchRunner
+    from spnas.source import resolve_source
+    from spnas.validation import RUNTIME_BATCH, evaluate_all, load_valset
+
+    out, _ = coarse8_export
+    _, val, _ = coarse8_split
+    source = resolve_source(str(shared_path("spnasnet_100_coarse8")))
+    valset = load_valset(val, source.class_names)
+    valset.files, valset.labels = valset.files[-64:], valset.labels[-64:]  # the rows with int8 flips
+    reference = TorchRunner(spnas.create_model(source.checkpoint), source.spec)
+    paths = [out / "spnasnet_100_fp32.tflite", out / "spnasnet_100_int8.tflite"]
+    results = [evaluate_all(valset, source.spec, reference, {p.name: load_runner(p, batch=batch) for p in paths})
+               for batch in (None, RUNTIME_BATCH)]
+    assert results[0] == results[1]
+    assert results[0]["artifacts"]["spnasnet_100_int8.tflite"]["mcnemar"]["lost"] + \
+        results[0]["artifacts"]["spnasnet_100_int8.tflite"]["mcnemar"]["gained"] > 0  # not a vacuous comparison
+
+
 @pytest.mark.parametrize("case, expect", [
     ("unknown-label", "2 label(s) not among the model's 8 classes: 'cat', 'car'"),
     ("in-calibration", "validation image(s) are also calibration images"),

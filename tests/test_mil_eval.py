@@ -105,6 +105,45 @@ def test_conv_pointwise_valid(build):
                                atol=1e-5)
 
 
+def test_float16_rounding_in_float32_is_numpys_cast_bit_for_bit():
+    """Intermediate fp16 tensors are held as float32 and rounded by bit arithmetic: every float32 pattern class
+    (normal, ties, subnormal, overflow, zeros, inf, nan) rounds exactly as ``astype(float16)``."""
+    from spnas.mil_eval import _round_to_float16
+
+    special = np.array([0.0, -0.0, 1 + 2**-11, 1 + 3 * 2**-11, 65504, 65519.996, 65520, -70000, 2**-14,
+                        2**-14 * (1 - 2**-12), 2**-25, 2**-24 * 1.5, np.inf, -np.inf, np.nan], np.float32)
+    bits = RNG.integers(-2**31, 2**31, 200_000).astype(np.int32).view(np.float32)  # every exponent
+    for x in (special, bits, RNG.standard_normal((4, 3, 5)).astype(np.float32)):
+        with np.errstate(over="ignore"):
+            expected = x.astype(np.float16).astype(np.float32)
+            got = _round_to_float16(x.copy())
+        np.testing.assert_array_equal(got.view(np.int32), expected.view(np.int32))
+
+
+def test_batch_of_images_in_one_pass_equals_each_alone(build):
+    """A batch-1 program run on N images at once (conv, quantize, dequantize, reshape, linear) gives each image
+    its batch-1 result bit for bit; a reduction over the batch axis is not run on a batch."""
+    weight = RNG.standard_normal((4, 3, 3, 3)).astype(np.float16)
+    head = RNG.standard_normal((5, 4 * 4 * 4)).astype(np.float16)
+
+    def body(mb, x):
+        y = mb.relu(x=mb.conv(x=x, weight=weight, strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1]))
+        q = mb.quantize(input=y, scale=np.float16(0.05), zero_point=np.int8(3), output_dtype="int8")
+        y = mb.dequantize(input=q, scale=np.float16(0.05), zero_point=np.int8(3))
+        return mb.linear(x=mb.reshape(x=y, shape=[1, 64]), weight=head)
+
+    program = build(body, (1, 3, 8, 8), dtype=np.float16)
+    assert program.per_image
+    x = RNG.standard_normal((6, 3, 8, 8)).astype(np.float16)
+    together = run(program, x)
+    assert together.dtype == np.float16 and together.shape == (6, 5)
+    np.testing.assert_array_equal(together, np.concatenate([run(program, x[i:i + 1]) for i in range(6)]))
+    across = build(lambda mb, x: mb.reduce_mean(x=x, axes=[0, 1]), (1, 4))
+    assert not across.per_image
+    with pytest.raises(SpnasError, match="has shape"):
+        run(across, np.ones((2, 4), np.float32))
+
+
 def test_relu_fp16(build):
     x = RNG.standard_normal((2, 3, 4)).astype(np.float16)
     program = build(lambda mb, x: mb.relu(x=x), x.shape, dtype=np.float16)

@@ -132,6 +132,16 @@ def test_fp32_graph_is_clean_with_documented_io(onnx_artifacts):
     assert [node.name for node in model.graph.node if node.op_type == "Gemm"] == ["classifier"]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_dynamic_batch_session_gives_the_batch_1_logits(onnx_artifacts, parity_pixels, precision):
+    """Validation's dynamic-batch session (``load_runner(batch=...)``): 12 images in runs of 8 and 4, each image's
+    logits bit for bit those of the exported batch-1 graph."""
+    path = onnx_artifacts[precision].path
+    batched = load_runner(path, batch=8)
+    assert batched.session.get_inputs()[0].shape[0] == "N" and batched.batch_size == 8
+    np.testing.assert_array_equal(batched.run(parity_pixels[:12]), load_runner(path).run(parity_pixels[:12]))
+
+
 def test_fp32_parity_in_onnxruntime(onnx_artifacts, parity_pixels, reference_logits):
     runner = load_runner(onnx_artifacts["fp32"].path)
     assert (runner.format, runner.precision) == ("onnx", "fp32")

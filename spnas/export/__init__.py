@@ -147,11 +147,14 @@ def format_of(path: str | Path) -> str:
     raise SpnasError(f"{path}: unknown artifact type {suffix!r} (expected {', '.join(SUFFIXES)})")
 
 
-def load_runner(path: str | Path) -> Runner:
+def load_runner(path: str | Path, batch: int | None = None) -> Runner:
+    """Open an artifact in its runtime; ``batch``: feed up to that many images per runtime call where the format
+    can (``TAKES_BATCHES`` in its module: a resized LiteRT input, a dynamic-batch ONNX session), else one by one."""
     path = Path(path)
     if not path.exists():
         raise SpnasError(f"{path}: no such artifact")
-    return format_module(format_of(path)).load(path)
+    module = format_module(format_of(path))
+    return module.load(path, batch=batch) if batch and getattr(module, "TAKES_BATCHES", False) else module.load(path)
 
 
 class _CallableModule(types.ModuleType):

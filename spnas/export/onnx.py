@@ -86,6 +86,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
 from spnas.errors import SpnasError
@@ -584,7 +585,8 @@ class OnnxRunner(RunnerBase):
 
     format = "onnx"
 
-    def __init__(self, path: str | Path, num_threads: int | None = None, spinning: bool = False):
+    def __init__(self, path: str | Path, num_threads: int | None = None, spinning: bool = False,
+                 batch: int | None = None):
         proto = _load_proto(path)
         metadata = {p.key: p.value for p in proto.metadata_props}
         self.path = Path(path)
@@ -592,14 +594,16 @@ class OnnxRunner(RunnerBase):
         self.spec = spec_from_metadata(metadata)
         quantized = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
         self.precision = metadata.get("spnas.precision", "int8" if quantized else "fp32")
+        if batch and batch > 1:
+            proto = dynamic_batch(proto)
         try:
             self.session = ort.InferenceSession(proto.SerializeToString(), session_options(num_threads, spinning),
                                                 providers=["CPUExecutionProvider"])
         except (InvalidProtobuf, InvalidGraph, Fail) as exc:
             raise SpnasError(f"{path}: ONNX Runtime cannot load it ({str(exc).strip().splitlines()[0][:160]})") \
                 from exc
-        batch = self.session.get_inputs()[0].shape[0]
-        self.batch_size = batch if isinstance(batch, int) else 32
+        fixed = self.session.get_inputs()[0].shape[0]
+        self.batch_size = fixed if isinstance(fixed, int) else batch or 32
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         return normalize(pixels, self.spec, "NCHW")
@@ -614,6 +618,38 @@ class OnnxRunner(RunnerBase):
         return np.asarray(raw).astype(np.float32)
 
 
-def load(path: str | Path, num_threads: int | None = None, spinning: bool = False) -> OnnxRunner:
-    """Open an ONNX artifact in ONNX Runtime; ``num_threads`` sets intra-op threads (None: ORT default)."""
-    return OnnxRunner(path, num_threads, spinning)
+def dynamic_batch(proto):
+    """A batch-1 graph with its batch dimension made symbolic, so validation feeds it many images per run: the
+    input and output say ``N``, a ``Reshape`` to a leading 1 infers it (-1), and the
+    intermediate shapes written at batch 1 are dropped.  Unchanged if any of that does not hold."""
+    graph = proto.graph
+    ends = [*graph.input, *graph.output]
+    if any(not e.type.tensor_type.shape.dim or e.type.tensor_type.shape.dim[0].dim_value != 1 for e in ends):
+        return proto
+    shapes = {node.input[1] for node in graph.node if node.op_type == "Reshape"}
+    initializers = {init.name: init for init in graph.initializer if init.name in shapes}
+    if shapes - set(initializers):
+        return proto  # a shape computed in the graph: leave the graph at batch 1
+    targets = {name: numpy_helper.to_array(init).copy() for name, init in initializers.items()}
+    if any(shape.size == 0 or (shape[0] == 1 and -1 in shape[1:]) for shape in targets.values()):
+        return proto
+    batched = onnx.ModelProto()
+    batched.CopyFrom(proto)
+    for init in batched.graph.initializer:
+        if init.name in targets and targets[init.name][0] == 1:
+            targets[init.name][0] = -1  # not 0: the exporter writes allowzero=1
+            init.CopyFrom(numpy_helper.from_array(targets[init.name], init.name))
+    for end in [*batched.graph.input, *batched.graph.output]:
+        end.type.tensor_type.shape.dim[0].dim_param = "N"
+    del batched.graph.value_info[:]
+    return batched
+
+
+TAKES_BATCHES = True  # dynamic_batch
+
+
+def load(path: str | Path, num_threads: int | None = None, spinning: bool = False,
+         batch: int | None = None) -> OnnxRunner:
+    """Open an ONNX artifact in ONNX Runtime; ``num_threads`` sets intra-op threads (None: ORT default);
+    ``batch``: a batch-1 graph runs with a symbolic batch, that many images per run (validation)."""
+    return OnnxRunner(path, num_threads, spinning, batch)

@@ -505,7 +505,7 @@ class TFLiteRunner(RunnerBase):
 
     format = FORMAT
 
-    def __init__(self, source, num_threads: int = 1):
+    def __init__(self, source, num_threads: int = 1, batch: int | None = None):
         from spnas.export.tflite_mediapipe import logits_view, softmax_input
 
         content = source if isinstance(source, bytes) else Path(source).read_bytes()
@@ -521,17 +521,27 @@ class TFLiteRunner(RunnerBase):
         weights = [d for d in self.interpreter.get_tensor_details() if np.dtype(d["dtype"]) == np.float16]
         self.precision = self.metadata.get("spnas.precision") or {"int8": "int8", "uint8": "int8"}.get(
             self.input_dtype.name, "fp16" if weights else "fp32")
+        self.batch = 1
+        if batch and batch > 1 and tuple(self.input["shape"][:1]) == (1,):
+            self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input["shape"][1:]])
+            self.interpreter.allocate_tensors()
+            self.batch = batch
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         return prepare_input(pixels, self.input, self.spec)
 
     def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        """``batch`` images per call (the last call padded with zeros), one by one by default."""
         logits = []
-        for image in prepared:
-            self.interpreter.set_tensor(self.input["index"], image[None])
+        for start in range(0, len(prepared), self.batch):
+            chunk = prepared[start:start + self.batch]
+            filled = len(chunk)
+            if filled < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - filled, *chunk.shape[1:]), chunk.dtype)])
+            self.interpreter.set_tensor(self.input["index"], chunk)
             self.interpreter.invoke()
-            logits.append(self.interpreter.get_tensor(self.output["index"])[0])
-        return self.decode(np.stack(logits))
+            logits.append(self.interpreter.get_tensor(self.output["index"])[:filled])
+        return self.decode(np.concatenate(logits))
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
         """The output tensor as float32 logits (dequantized for an int8 model); also for outputs a phone returned."""
@@ -541,12 +551,16 @@ class TFLiteRunner(RunnerBase):
         return raw.astype(np.float32)
 
 
-def load(path, num_threads: int = 1) -> TFLiteRunner:
-    """Open a ``.tflite`` artifact in the LiteRT interpreter (XNNPACK) with ``num_threads``."""
+TAKES_BATCHES = True  # resize_tensor_input
+
+
+def load(path, num_threads: int = 1, batch: int | None = None) -> TFLiteRunner:
+    """Open a ``.tflite`` artifact in the LiteRT interpreter (XNNPACK) with ``num_threads``; ``batch``: its input
+    resized to that many images (validation), else the exported batch of 1."""
     path = Path(path)
     if not path.is_file():
         raise SpnasError(f"{path}: no such TFLite file")
-    return TFLiteRunner(path, num_threads)
+    return TFLiteRunner(path, num_threads, batch)
 
 
 # ---------------------------------------------------------------- tensor names
