@@ -1,17 +1,21 @@
-"""Streaming validation at ImageNet-val scale: peak RSS and images/s of ``spnas.validation``.
+"""Streaming validation at ImageNet-val scale: images/s, peak RSS and CPU of ``spnas.validation``.
 
 Builds a synthetic 50,000-image ImageFolder in a temporary folder (hard links of the 800 shared
 images under new names, one sub-folder per coarse8 class, nothing copied), exports the coarse8
-fine-tune (tflite + onnx, fp32 + int8) and runs the real ``--val`` machinery on it:
+fine-tune with ``--format all --int8`` (fp32 and int8 of each format, fp16 CoreML: 8 artifacts)
+and runs the real ``--val`` machinery on it:
 
-1. the full set, streamed through the decoding workers by ``evaluate_all`` (what ``--val`` runs),
-   unless ``--rate-only``.  To keep a 2-core run in minutes, the full pass runs one model
-   (``--full-pass-model``, default the int8 TFLite) in the reference's slot: memory does not grow
-   with the number of images whatever the models, which is what this pass measures; peak RSS of
-   this fresh process and of its decoding workers (``getrusage``);
-2. images/s per model: each runner alone on the first ``--rate-images`` images (decoding excluded).
+1. images/s per model: each runner alone, loaded as ``--val`` loads it, on the first
+   ``--rate-images`` images (decoding excluded);
+2. all 8 artifacts and the reference together, streamed by ``evaluate_all`` exactly as
+   ``--val`` runs them, over the first ``--fraction`` images of the set: images/s, and the time
+   50,000 images would take at that rate (extrapolated, said so in the JSON);
+3. unless ``--rate-only``: the whole set streamed through one model (``--full-pass-model``) in
+   the reference's slot: memory does not grow with the number of images, which is what this
+   pass measures; peak RSS of this fresh process and of its decoding workers.
 
-Writes ``benchmarks/results/val_stream.json``.  Not a test: it takes tens of minutes on 2 cores.
+Records the CPU model and the load average.  Writes ``benchmarks/results/val_stream.json``.
+Not a test: it takes tens of minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ def cpu_model() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=50_000, help="images in the synthetic folder (default 50000)")
-    parser.add_argument("--rate-images", type=int, default=400, help="images per model for images/s (default 400)")
+    parser.add_argument("--rate-images", type=int, default=128, help="images per model for images/s (default 128)")
+    parser.add_argument("--fraction", type=int, default=512, help="images streamed through all artifacts (default 512)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: spnas's)")
     parser.add_argument("--rate-only", action="store_true", help="skip the full streamed pass")
     parser.add_argument("--full-pass-model", default="spnasnet_100_int8.tflite",
@@ -77,23 +82,24 @@ def main() -> int:
         with open(SHARED_DATA / "imagenet-sample" / "coarse8.csv", newline="") as handle:
             for row in list(csv.DictReader(handle))[:600]:
                 (calib / row["file"]).symlink_to(SHARED_DATA / "imagenet-sample" / row["file"])
-        for fmt in () if args.exports else ("tflite", "onnx"):
-            subprocess.run([sys.executable, "-m", "spnas.cli.export", "--format", fmt, "--int8", "--weights",
+        if not args.exports:
+            subprocess.run([sys.executable, "-m", "spnas.cli.export", "--format", "all", "--int8", "--weights",
                             str(SHARED_DATA / "spnasnet_100_coarse8"), "--calib", str(calib), "--num-calib", "64",
-                            "--num-parity", "16", "--out", str(work / fmt), "--quiet"], check=True,
+                            "--num-parity", "16", "--out", str(work / "all"), "--quiet"], check=True,
                            stdout=subprocess.DEVNULL)
         start = time.perf_counter()
         synthetic_folder(work, args.n)
         built_s = time.perf_counter() - start
         # A fresh process measures, so its peak RSS and its children's (the decoding workers) are the streaming's.
         command = [sys.executable, __file__, "--measure", str(work), "--n", str(args.n), "--rate-images",
-                   str(args.rate_images), "--full-pass-model", args.full_pass_model,
+                   str(args.rate_images), "--fraction", str(args.fraction), "--full-pass-model", args.full_pass_model,
                    *(["--exports", args.exports] if args.exports else []),
                    *(["--rate-only"] if args.rate_only else []),
                    *(["--workers", str(args.workers)] if args.workers is not None else [])]
         measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-    document = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                            "note": "shared with other jobs while measured: compare ratios, not absolute rates"},
+    document = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": os.getloadavg(),
+                            "note": "shared with other jobs while measured (load average at the end): timings are "
+                                    "contended, compare ratios from one run, not absolute rates"},
                 "n_images": args.n, "folder_build_s": round(built_s, 1), **measured}
     RESULTS.write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(document, indent=2))
@@ -145,9 +151,11 @@ def measure(work: Path, args) -> dict:
 
     source = resolve_source(str(SHARED_DATA / "spnasnet_100_coarse8"))
     reference = TorchRunner(spnas.create_model(source.checkpoint), source.spec)
-    folders = [Path(args.exports)] if args.exports else [work / "tflite", work / "onnx"]
-    runners = {p.name: load_runner(p) for folder in folders for p in sorted(folder.iterdir())
-               if p.suffix in (".tflite", ".onnx")}
+    from spnas.validation import RUNTIME_BATCH
+
+    folder = Path(args.exports) if args.exports else work / "all"
+    runners = {p.name: load_runner(p, batch=RUNTIME_BATCH) for p in sorted(folder.iterdir())
+               if p.suffix in (".tflite", ".onnx", ".mlpackage", ".pte")}
     valset = load_valset(work / "val", source.class_names)
     rates = {}
     _, pixels, _ = next(stream(valset, source.spec, batch=args.rate_images, workers=0))
@@ -157,6 +165,18 @@ def measure(work: Path, args) -> dict:
         runner.run(pixels)
         rates[name] = round(len(pixels) / (time.perf_counter() - start), 1)
         print(f"{name}: {rates[name]} images/s", file=sys.stderr)
+    load_before = os.getloadavg()
+    part = load_valset(work / "val", source.class_names)
+    part.files, part.labels = part.files[:args.fraction], part.labels[:args.fraction]
+    start = time.perf_counter()
+    evaluate_all(part, source.spec, reference, runners, workers=args.workers)
+    seconds = time.perf_counter() - start
+    rate = len(part) / seconds
+    every = {"models": ["pytorch (reference)", *runners], "n_images": len(part), "seconds": round(seconds, 1),
+             "images_per_s": round(rate, 2), "extrapolated_50000_images_h": round(50_000 / rate / 3600, 2),
+             "load_average_before": load_before, "load_average_after": os.getloadavg(),
+             "note": f"the first {len(part)} images of the set, timed; 50,000 extrapolated at that rate"}
+    print(f"all artifacts: {every['images_per_s']} images/s", file=sys.stderr)
     start = time.perf_counter()
     decoded = 0
     for indices, _, _ in stream(valset, source.spec, batch=32, workers=args.workers):
@@ -175,7 +195,7 @@ def measure(work: Path, args) -> dict:
                 "seconds": round(seconds, 1), "images_per_s": round(len(valset) / seconds, 1),
                 "top1": result["validation"]["reference"]["top1"]}
     return {"workers": args.workers, "decode_images_per_s": decode_rate, "model_images_per_s": rates,
-            "full_pass": full,
+            "all_artifacts": every, "full_pass": full,
             "peak_rss_mb": {"measuring_process": vm_hwm_mb(), "largest_decoding_worker": children.mb(),
                             "method": "VmHWM of a fresh process (models loaded, rates measured, full pass) and the "
                                       "largest VmHWM among its decoding workers, polled every 0.5 s"}}

@@ -262,7 +262,7 @@ def op_classify(probabilities, classes):
 
 
 def op_conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilations=None, groups=1):
-    """2-D NCHW convolution: im2col + one matmul for groups == 1, shifted multiply-adds for depthwise."""
+    """2-D NCHW convolution: im2col + one matmul per image for groups == 1, shifted multiply-adds for depthwise."""
     if x.ndim != 4:
         raise SpnasError(f"MIL conv of rank {x.ndim} is not supported by spnas.mil_eval (only 2-D)")
     x, weight = _to_f32(x), _to_f32(weight)
@@ -291,12 +291,14 @@ def op_conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dila
             columns = np.stack([tap(i, j) for i, j in taps], axis=2)  # N, C, K, H', W'
             flat = columns.reshape(batch, channels * len(taps), out_h * out_w)
         out = (weight.reshape(out_channels, -1) @ flat).reshape(batch, out_channels, out_h, out_w)
-    elif groups == channels == out_channels and group_channels == 1:
+    elif groups == channels == out_channels and group_channels == 1:  # image by image: twice as fast (cache)
         out = np.zeros((batch, out_channels, out_h, out_w), np.float32)
-        term = np.empty_like(out)
-        for i, j in taps:
-            np.multiply(weight[:, 0, i, j].reshape(1, -1, 1, 1), tap(i, j), out=term)
-            out += term
+        term = np.empty_like(out[0])
+        shifted = [(weight[:, 0, i, j].reshape(-1, 1, 1), tap(i, j)) for i, j in taps]
+        for image in range(batch):
+            for tap_weight, view in shifted:
+                np.multiply(tap_weight, view[image], out=term)
+                out[image] += term
     else:
         raise SpnasError(f"MIL conv with groups={groups} ({channels} -> {out_channels} channels) is not supported "
                          "by spnas.mil_eval (only groups=1 and depthwise)")
