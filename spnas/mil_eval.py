@@ -375,20 +375,22 @@ class MilProgram:
         if unknown:
             raise SpnasError(f"{package}: MIL op(s) {', '.join(unknown)} not supported by spnas.mil_eval")
         self.op_counts = Counter(op.type for op in ops)
+        self.declared = {name: tensor_type for op in ops for name, tensor_type in op.outputs}
+        self.declared.update(self.inputs)
         self.tables: dict[int, np.ndarray] = {}
-        self.constants: dict[str, np.ndarray] = {}
+        held: dict[str, np.ndarray] = {}  # constants as run() holds them (float16 widened, exactly)
         self.ops: list[Op] = []
         for op in ops:
             if op.type == "const":
-                self.constants[op.outputs[0][0]] = op.inputs["val"][0][1]
+                value = op.inputs["val"][0][1]
+                is_half = isinstance(value, np.ndarray) and value.dtype == np.float16
+                held[op.outputs[0][0]] = value.astype(np.float32) if is_half else value
             elif op.type in CONSTEXPR_KERNELS:
-                self._execute(op, CONSTEXPR_KERNELS[op.type], self.constants)
+                self._execute(op, CONSTEXPR_KERNELS[op.type], held)
             else:
                 self.ops.append(op)
-        self.constants = {name: value.astype(np.float32) if isinstance(value, np.ndarray) and value.dtype == np.float16
-                          else value for name, value in self.constants.items()}  # exact
-        self.declared = {name: tensor_type for op in ops for name, tensor_type in op.outputs}
-        self.declared.update(self.inputs)
+        self.held_constants = held
+        self.constants = {name: self._declared_value(name, value) for name, value in held.items()}  # as declared
         self.per_image = self._per_image()
         self.tables = {id(op): table for op in self.ops if (table := self._dequantize_table(op)) is not None}
 
@@ -553,7 +555,7 @@ class MilProgram:
         """Evaluate the program (only what ``outputs`` need, default all); inputs are cast to their declared dtype
         like Core ML does.  A program declared at batch 1 also takes N images at once when every op is per image."""
         outputs = tuple(self.outputs if outputs is None else outputs)
-        env = dict(self.constants)
+        env = dict(self.held_constants)
         batch = None
         for name, tensor_type in self.inputs.items():
             if name not in feeds:
