@@ -147,33 +147,34 @@ def measure(work: Path, args) -> dict:
     from spnas.export import load_runner
     from spnas.reference import TorchRunner
     from spnas.source import resolve_source
-    from spnas.validation import evaluate_all, load_valset, stream
+    from spnas.validation import RUNTIME_BATCH, evaluate_all, load_valset, stream
 
     source = resolve_source(str(SHARED_DATA / "spnasnet_100_coarse8"))
     reference = TorchRunner(spnas.create_model(source.checkpoint), source.spec)
-    from spnas.validation import RUNTIME_BATCH
-
     folder = Path(args.exports) if args.exports else work / "all"
     runners = {p.name: load_runner(p, batch=RUNTIME_BATCH) for p in sorted(folder.iterdir())
                if p.suffix in (".tflite", ".onnx", ".mlpackage", ".pte")}
     valset = load_valset(work / "val", source.class_names)
-    rates = {}
+    rates, cpu = {}, {}
     _, pixels, _ = next(stream(valset, source.spec, batch=args.rate_images, workers=0))
     for name, runner in {"pytorch (reference)": reference, **runners}.items():
         runner.run(pixels[:8])  # warm-up
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         runner.run(pixels)
         rates[name] = round(len(pixels) / (time.perf_counter() - start), 1)
-        print(f"{name}: {rates[name]} images/s", file=sys.stderr)
+        cpu[name] = round((time.process_time() - start_cpu) / len(pixels), 4)
+        print(f"{name}: {rates[name]} images/s, {cpu[name]} CPU s/image", file=sys.stderr)
     load_before = os.getloadavg()
     part = load_valset(work / "val", source.class_names)
     part.files, part.labels = part.files[:args.fraction], part.labels[:args.fraction]
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     evaluate_all(part, source.spec, reference, runners, workers=args.workers)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     rate = len(part) / seconds
     every = {"models": ["pytorch (reference)", *runners], "n_images": len(part), "seconds": round(seconds, 1),
              "images_per_s": round(rate, 2), "extrapolated_50000_images_h": round(50_000 / rate / 3600, 2),
+             "cpu_s_per_image": round(cpu_seconds / len(part), 3),
+             "idle_2_core_bound_images_per_s": round(2 * len(part) / cpu_seconds, 1),
              "load_average_before": load_before, "load_average_after": os.getloadavg(),
              "note": f"the first {len(part)} images of the set, timed; 50,000 extrapolated at that rate"}
     print(f"all artifacts: {every['images_per_s']} images/s", file=sys.stderr)
@@ -195,6 +196,7 @@ def measure(work: Path, args) -> dict:
                 "seconds": round(seconds, 1), "images_per_s": round(len(valset) / seconds, 1),
                 "top1": result["validation"]["reference"]["top1"]}
     return {"workers": args.workers, "decode_images_per_s": decode_rate, "model_images_per_s": rates,
+            "model_cpu_s_per_image": cpu,
             "all_artifacts": every, "full_pass": full,
             "peak_rss_mb": {"measuring_process": vm_hwm_mb(), "largest_decoding_worker": children.mb(),
                             "method": "VmHWM of a fresh process (models loaded, rates measured, full pass) and the "

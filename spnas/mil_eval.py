@@ -17,14 +17,15 @@ to even, like coremltools' own value inference); ``dequantize`` and
 program's semantics as written; it does not reproduce the numerics of Apple's runtime on
 the Neural Engine, GPU or CPU (which may accumulate in float16 or fuse ops).
 
-**Speed without new numerics.**  Tensors are held in float32 whatever their declared dtype:
-an fp16 output is rounded to float16 and widened back (the value every consumer upcast to
-anyway), an int8 output is kept as its exact integers, so no op pays a float16 round trip on
+**Speed without new numerics.**  Float tensors are held in float32 whatever their declared
+dtype: an fp16 output is rounded to float16 (by bit arithmetic, equal to numpy's cast) and
+widened back, the value every consumer upcast to anyway, so no op pays a float16 round trip on
 its inputs and constants are widened once at load; the declared dtype is restored on the
-program's outputs.  A program written for batch 1 runs a batch of N images in one pass when
-every op is per image (checked at load): each op handles the N images at once, and the matrix
-products (convolution, linear) are still one BLAS call per image of exactly today's shape, so
-every image's result is bit for bit its batch-1 result.  A tensor is freed after its last use.
+program's outputs.  A per-tensor ``dequantize`` of 8-bit integers is a 256-entry table of its
+own results.  A program written for batch 1 runs a batch of N images in one pass when every op
+is per image (checked at load): each op handles the N images at once, and the matrix products
+(convolution, linear) are still one BLAS call per image of the batch-1 shape, so every image's
+result is bit for bit its batch-1 result.  A tensor is freed after its last use.
 
 **Coverage.**  Exactly the ops spnas' graphs contain: ``const``,
 ``constexpr_affine_dequantize``, ``cast``, ``conv`` (groups 1 or depthwise; custom or

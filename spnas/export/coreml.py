@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -243,14 +244,18 @@ class CoreMLRunner(RunnerBase):
 
     def invoke(self, prepared) -> np.ndarray:
         """Core ML: one image at a time, the batch size 1 an app uses; the evaluator: ``MIL_BATCH`` images per pass
-        (each image's logits are its batch-1 logits, see ``spnas.mil_eval``)."""
+        (each image's logits are its batch-1 logits, see ``spnas.mil_eval``), a pass per core at a time."""
         if self.backend == "coreml":
             items = prepared if self.image_input else [prepared[i:i + 1] for i in range(len(prepared))]
             outputs = [self._mlmodel.predict({self.input_name: item})[OUTPUT_NAME] for item in items]
-        else:
+        else:  # passes side by side, one per core (numpy releases the GIL)
+            from concurrent.futures import ThreadPoolExecutor
+
             step = MIL_BATCH if self._program.per_image else 1
-            outputs = [self._program.run({self.input_name: prepared[i:i + step]}, [OUTPUT_NAME])[OUTPUT_NAME]
-                       for i in range(0, len(prepared), step)]
+            chunks = [prepared[i:i + step] for i in range(0, len(prepared), step)]
+            with ThreadPoolExecutor(max(1, min(len(chunks), os.cpu_count() or 1))) as pool:
+                outputs = list(pool.map(lambda chunk: self._program.run({self.input_name: chunk}, [OUTPUT_NAME])[
+                    OUTPUT_NAME], chunks))
         return np.concatenate(outputs).astype(np.float32).reshape(len(prepared), -1)
 
 
