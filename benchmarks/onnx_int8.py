@@ -224,7 +224,7 @@ def main() -> None:
                     "cpu_count": facts.get("cpu_count"), "onnxruntime": ort.__version__, "onnx": onnx.__version__,
                     "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)}},
         "lowering": {"plan_seconds": round(plan_s, 1), "lower_seconds": lower_s, "int8_graph_ops": graph_ops,
-                     "scheme": onnx_format.SCHEME},
+                     "scheme": onnx_format.scheme("u8s8")},
         "fp32_parity": {"max_rel_error": fp32_metrics["max_rel_error"], "sqnr_db": fp32_metrics["sqnr_db"]},
         "simulation_vs_reference": {k: simulation[k] for k in ("sqnr_db", "top1_agreement", "top5_agreement")},
         "fidelity": fidelity,

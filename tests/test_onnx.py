@@ -33,12 +33,6 @@ pytestmark = pytest.mark.parity
 SIMULATION_BUDGET_DB = 1.0
 
 
-def cpu_has_vnni() -> bool:
-    from spnas.bench.host import machine_facts
-
-    return bool({"avx512_vnni", "avx_vnni"} & set(machine_facts().get("cpu_simd", [])))
-
-
 def make_context(model, pixels, out_dir, **options) -> ExportContext:
     return ExportContext(model=model, weights=model.weights_info, preprocessing=DEFAULT_SPEC,
                          calibration_pixels=pixels, out_dir=out_dir, int8=True, options=options,
@@ -59,12 +53,14 @@ def simulated_logits(fixture_model, onnx_artifacts, parity_pixels) -> np.ndarray
     return simulate(fold_batchnorm(fixture_model), onnx_artifacts["plan"], normalize(parity_pixels, DEFAULT_SPEC))
 
 
-def lower_to_file(onnx_artifacts, plan, path):
+def lower_to_file(onnx_artifacts, plan, path, weights="portable"):
     """``plan`` lowered onto the session's fp32 export (its metadata, marked int8), saved to ``path``."""
-    proto = onnx_format.lower(onnx.load(str(onnx_artifacts["fp32"].path)), plan, path.parent)
+    proto = onnx_format.lower(onnx.load(str(onnx_artifacts["fp32"].path)), plan, path.parent, weights=weights)
     for prop in proto.metadata_props:
         if prop.key == "spnas.precision":
             prop.value = "int8"
+        if prop.key == "spnas.int8_scheme":
+            prop.value = json.dumps(onnx_format.scheme(weights))
     onnx.save(proto, str(path))
     return path
 
@@ -163,8 +159,40 @@ def test_every_quantize_linear_is_on_the_plans_grid(onnx_artifacts):
     for layer, quant in plan.layers.items():
         scales = constants[f"{layer}.weight_scale"]
         np.testing.assert_allclose(scales, quant.weight_scales, rtol=np.finfo(np.float32).eps, atol=0, err_msg=layer)
-        assert constants[f"{layer}.weight_quantized"].dtype == np.int8
+        weights, zero_points = constants[f"{layer}.weight_quantized"], constants[f"{layer}.weight_zero_point"]
+        if ".conv_dw" in layer:  # portable: int8 where ORT's kernels are exact anyway, uint8 + 128 elsewhere
+            assert weights.dtype == np.int8 and not zero_points.any(), layer
+        else:
+            assert weights.dtype == np.uint8 and (zero_points == 128).all() and weights.min() >= 1, layer
     onnx_format.check_lowering(model, plan)  # the export's own check agrees
+    with pytest.raises(SpnasError, match=r"conv_stem: weights are not int8 with zero point 0 \(the u8s8 encoding"):
+        onnx_format.check_lowering(model, plan, weights="u8s8")
+
+
+def test_u8s8_encoding_holds_the_same_integers(onnx_artifacts, parity_pixels, tmp_path, monkeypatch):
+    """--onnx-int8 u8s8 stores int8 weights everywhere: the same integers as portable (uint8 - 128), so
+    on this CPU (VNNI: both exact) the same logits; without VNNI spnas-verify says why its figures differ."""
+    plan = onnx_artifacts["plan"]
+    path = lower_to_file(onnx_artifacts, plan, tmp_path / "u8s8.onnx", weights="u8s8")
+    portable, u8s8 = onnx.load(str(onnx_artifacts["int8"].path)), onnx.load(str(path))
+    constants = [{init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+                 for model in (portable, u8s8)]
+    for layer in plan.layers:
+        name = f"{layer}.weight_quantized"
+        assert constants[1][name].dtype == np.int8, layer
+        shift = 128 if constants[0][name].dtype == np.uint8 else 0
+        np.testing.assert_array_equal(constants[0][name].astype(np.int16) - shift, constants[1][name], err_msg=layer)
+    runner = onnx_format.load(path, num_threads=1)
+    assert runner.weight_encoding == "u8s8" and onnx_format.load(onnx_artifacts["int8"].path).weight_encoding \
+        == "portable"
+    if onnx_format.host_has_vnni():
+        np.testing.assert_array_equal(runner.run(parity_pixels[:4]),
+                                      onnx_format.load(onnx_artifacts["int8"].path, num_threads=1)
+                                      .run(parity_pixels[:4]))
+    monkeypatch.setattr(onnx_format, "host_has_vnni", lambda: False)
+    monkeypatch.setattr(onnx_format.platform, "machine", lambda: "x86_64")
+    assert "without VNNI" in runner.cpu_warning() and "--onnx-int8 portable" in runner.cpu_warning()
+    assert onnx_format.load(onnx_artifacts["int8"].path).cpu_warning() is None
 
 
 def test_the_lowering_check_names_a_drifted_tensor(onnx_artifacts):
@@ -204,9 +232,6 @@ def test_int8_graph_is_fully_quantized_and_fused(onnx_artifacts, tmp_path):
     assert optimized.count("QLinearConv") == 64 and optimized.count("QGemm") == 1
 
 
-@pytest.mark.xfail(not cpu_has_vnni(), strict=False,
-                   reason="without VNNI, ONNX Runtime's U8S8 kernels saturate 16-bit pair sums (vpmaddubsw): "
-                          "the runtime, not the lowering, leaves the plan's function")
 def test_int8_tracks_the_plans_simulation(onnx_artifacts, parity_pixels, reference_logits, simulated_logits):
     """(b) The ONNX int8 model computes the plan's function: as close to float as the simulation."""
     logits = onnx_format.load(onnx_artifacts["int8"].path, num_threads=1).run(parity_pixels)
@@ -251,6 +276,7 @@ def test_metadata_round_trips(onnx_artifacts, fixture_model):
     scheme = json.loads(onnx_format.read_metadata(onnx_artifacts["int8"].path)["spnas.int8_scheme"])
     assert scheme["plan"] == "quant_plan.json" and scheme["per_channel"] is True
     assert scheme["activation_type"] == "uint8" and scheme["reduce_range"] is False
+    assert scheme["weight_encoding"] == "portable"
 
 
 def test_onnxruntime_modelmeta_shows_labels_and_preprocessing(onnx_artifacts):

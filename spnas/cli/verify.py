@@ -237,6 +237,9 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
                      "size_bytes": artifact_size(artifact),
                      **gate_logits(logits, reference, runner.precision, random_weights=random_weights,
                                    thresholds=thresholds_for(runner.precision, args))}
+        if warning := runner.cpu_warning():
+            console.warn(f"{artifact.name}: {warning}")
+            entry["cpu_warning"] = warning
             if artifact.resolve() in plan_lowerings:
                 int8_logits[str(artifact)] = logits
         if args.explain and runner.precision == "int8":

@@ -60,6 +60,10 @@ class RunnerBase:
     def run(self, pixels: np.ndarray) -> np.ndarray:
         return self.invoke(self.prepare(pixels))
 
+    def cpu_warning(self) -> str | None:
+        """One line when this machine's CPU makes the runtime compute another function than the artifact's."""
+        return None
+
 
 @dataclass
 class Artifact:

@@ -78,6 +78,7 @@ import contextlib
 import io
 import json
 import logging
+import platform
 import tempfile
 import warnings
 from pathlib import Path
@@ -102,14 +103,37 @@ INPUT_DOC = ("input: float32 NCHW (N, 3, S, S), S = spnas.preprocessing input_si
              "with spnas.preprocessing; "
              "output logits: float32 (N, num_classes)")
 FORMAT = "onnx"
+X86_MACHINES = ("x86_64", "AMD64")
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}
 LAYER_OPS = ("Conv", "Gemm")  # the plan's layers: every Conv, and the classifier Gemm
 POOL_OPS = ("ReduceMean", "GlobalAveragePool")
 RESHAPE_OPS = ("Reshape", "Flatten", "Squeeze")  # after the pool: same values, same grid
-SCHEME = {"quant_format": "QDQ", "activation_type": "uint8", "weight_type": "int8", "per_channel": True,
-          "reduce_range": False}
+# How the plan's int8 weights are stored; both hold the same integers (uint8 = int8 + 128), so the same function,
+# but ONNX Runtime picks its kernels by the weight type (README, "ONNX int8 on every CPU").
+WEIGHT_ENCODINGS = {
+    "portable": "uint8 weights (zero point 128) in every layer but the depthwise convs, int8 there: ONNX Runtime's "
+                "U8U8 and depthwise kernels are exact on every x86 and Arm CPU",
+    "u8s8": "int8 weights everywhere: ONNX Runtime's fastest kernels with VNNI and on Arm, but on x86 without VNNI "
+            "its U8S8 kernels saturate 16-bit pair sums (vpmaddubsw) and leave the plan's function",
+}
+DEFAULT_WEIGHT_ENCODING = "portable"
+UINT8_WEIGHT_ZERO_POINT = 128
 SCHEME_TEXT = ("the quant plan lowered by onnxruntime quantize_static: QDQ, uint8 activations on the plan's int8 "
-               "grids (zero point + 128), int8 per-channel symmetric weights on the plan's scales, int32 biases "
-               "from the plan's corrected biases")
+               "grids (zero point + 128), per-channel symmetric weights on the plan's scales ({encoding}), int32 "
+               "biases from the plan's corrected biases")
+
+
+def scheme(weights: str = DEFAULT_WEIGHT_ENCODING) -> dict:
+    """The int8 scheme as recorded in the artifact's metadata and report."""
+    _check_encoding(weights)
+    return {"quant_format": "QDQ", "activation_type": "uint8", "weight_encoding": weights,
+            "weight_type": "int8" if weights == "u8s8" else "uint8 (zero point 128); int8 in depthwise convs",
+            "per_channel": True, "reduce_range": False}
+
+
+def _check_encoding(weights: str) -> None:
+    if weights not in WEIGHT_ENCODINGS:
+        raise SpnasError(f"onnx int8 weights {weights!r}: choose {' or '.join(WEIGHT_ENCODINGS)}")
 
 
 # ---------------------------------------------------------------- fp32 export
@@ -365,19 +389,21 @@ def _plan_ranges(plan, tensors: dict[str, list[str]]):
     return TensorsData(CalibrationMethod.MinMax, data)
 
 
-def lower(float_proto, plan, work_dir: Path, activations: str = "uint8"):
+def lower(float_proto, plan, work_dir: Path, activations: str = "uint8", weights: str = DEFAULT_WEIGHT_ENCODING):
     """The int8 QDQ ``onnx.ModelProto`` of a ``QuantPlan``, checked against it (``check_lowering``).
 
     The fp32 model gets the plan's biases, then ``quant_pre_process`` and ``quantize_static``
     (QDQ, U8S8, per-channel, no reduce_range) with every activation grid and weight scale given as
     ``TensorQuantOverrides`` and the plan's ranges as the calibration cache; ``plan.float_layers``
-    are ``nodes_to_exclude``.  ``activations="int8"`` gives S8S8 instead (slower here: see the module
+    are ``nodes_to_exclude``; ``weights`` (``WEIGHT_ENCODINGS``) then re-encodes the weights
+    (``encode_weights``).  ``activations="int8"`` gives S8S8 instead (slower here: see the module
     docstring); only the benchmark asks for it.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    _grid(plan, "input", activations)  # an unknown activation type fails before any work
+    _grid(plan, "input", activations)  # an unknown activation type or weight encoding fails before any work
+    _check_encoding(weights)
     work_dir = Path(work_dir)
     biased = work_dir / "plan_biases.onnx"
     onnx.save(with_plan_biases(float_proto, plan), str(biased))
@@ -397,8 +423,47 @@ def lower(float_proto, plan, work_dir: Path, activations: str = "uint8"):
                                        "ActivationSymmetric": False, "WeightSymmetric": True})
     quantized = onnx.load(str(out_path))
     _quantize_float_gaps(quantized, plan, activations)
-    check_lowering(quantized, plan, activations)
+    encode_weights(quantized, plan, weights)
+    check_lowering(quantized, plan, activations, weights)
     return quantized
+
+
+def uint8_weight_layers(model, plan, weights: str = DEFAULT_WEIGHT_ENCODING) -> set[str]:
+    """The int8 layers whose weights ``weights`` stores as uint8: none for u8s8; for portable every layer
+    but the depthwise convs (ORT's depthwise kernels widen to 16 bits before multiplying, so int8 is exact)."""
+    _check_encoding(weights)
+    if weights == "u8s8":
+        return set()
+    return {name for name, node in _layer_nodes(model).items() if name not in plan.float_layers
+            and not any(a.name == "group" and a.i > 1 for a in node.attribute)}
+
+
+def encode_weights(model, plan, weights: str = DEFAULT_WEIGHT_ENCODING) -> None:
+    """Store the ``uint8_weight_layers`` int8 weights q as uint8 q + 128 with zero point 128 (one for all
+    channels, as ORT's QLinearConv requires): the same integers, but ORT then runs its U8U8 kernels, which
+    widen to 16 bits and are exact where U8S8's ``vpmaddubsw`` pairs saturate (x86 without VNNI)."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    nodes = _layer_nodes(model)
+    for layer in sorted(uint8_weight_layers(model, plan, weights)):
+        dequantize = producers.get(nodes[layer].input[1])
+        names = list(dequantize.input[:3]) if dequantize is not None and dequantize.op_type == "DequantizeLinear" \
+            else []
+        if len(names) != 3 or any(name not in initializers or readers[name] != 1 for name in (names[0], names[2])):
+            raise SpnasError(f"onnx int8: {layer} does not read its own int8 weights through a DequantizeLinear")
+        values, zero_points = (numpy_helper.to_array(initializers[name]) for name in (names[0], names[2]))
+        if values.dtype != np.int8 or values.min() < -127 or np.any(zero_points != 0):
+            raise SpnasError(f"onnx int8: {layer} weights are not symmetric int8 (zero point 0, -127..127)")
+        shifted = (values.astype(np.int16) + UINT8_WEIGHT_ZERO_POINT).astype(np.uint8)
+        initializers[names[0]].CopyFrom(numpy_helper.from_array(shifted, names[0]))
+        initializers[names[2]].CopyFrom(numpy_helper.from_array(
+            np.full(zero_points.shape, UINT8_WEIGHT_ZERO_POINT, np.uint8), names[2]))
 
 
 def _quantize_float_gaps(model, plan, activations: str = "uint8") -> None:
@@ -438,12 +503,13 @@ def _quantize_float_gaps(model, plan, activations: str = "uint8") -> None:
         graph.node.extend([*nodes[:at], *pair, *nodes[at:]])
 
 
-def check_lowering(model, plan, activations: str = "uint8") -> None:
+def check_lowering(model, plan, activations: str = "uint8", weights: str = DEFAULT_WEIGHT_ENCODING) -> None:
     """Raise ``SpnasError`` naming the tensor unless the QDQ model computes on exactly the plan's grids.
 
     Every plan tensor has a QuantizeLinear, each with the plan's scale (float32-equal) and zero
     point (uint8: plan + 128), and no QuantizeLinear quantizes anything else; every int8 layer's weight
-    DequantizeLinear has the plan's per-channel scales (float32 rounding), zero points 0, axis 0,
+    DequantizeLinear has the plan's per-channel scales (float32 rounding), axis 0, int8 weights with
+    zero points 0 (uint8 with zero points 128 in the ``weights`` encoding's ``uint8_weight_layers``),
     and its int32 bias, at input scale x weight scale, dequantizes to the plan's bias within half
     a step; a float layer reads float weights and the plan's float bias.
     """
@@ -471,6 +537,7 @@ def check_lowering(model, plan, activations: str = "uint8") -> None:
                           f"plan {scale.item()!r}, {zero_point.item()} ({zero_point.dtype})")
     errors += [f"{name} is not quantized" for name in plan.tensors if name not in seen]
     eps = float(np.finfo(np.float32).eps)
+    uint8_layers = uint8_weight_layers(model, plan, weights)
     for layer, node in _layer_nodes(model).items():
         weight = producers.get(node.input[1])
         if layer in plan.float_layers:
@@ -486,10 +553,15 @@ def check_lowering(model, plan, activations: str = "uint8") -> None:
         scales, zeros = constants.get(weight.input[1]), constants.get(weight.input[2])
         want = np.asarray(plan.layers[layer].weight_scales, np.float64)
         axis = next((a.i for a in weight.attribute if a.name == "axis"), 1)
-        if (scales is None or zeros is None or scales.shape != want.shape or axis != 0 or np.any(zeros != 0)
-                or constants.get(weight.input[0], np.zeros(0)).dtype != np.int8
+        if (scales is None or zeros is None or scales.shape != want.shape or axis != 0
                 or not np.all(np.abs(scales.astype(np.float64) - want) <= eps * want)):
             errors.append(f"{layer}: weight scales differ from the plan's per-channel weight_scales")
+            continue
+        dtype, zero_point = (np.uint8, UINT8_WEIGHT_ZERO_POINT) if layer in uint8_layers else (np.int8, 0)
+        if (constants.get(weight.input[0], np.zeros(0)).dtype != dtype or zeros.dtype != dtype
+                or np.any(zeros != zero_point)):
+            errors.append(f"{layer}: weights are not {np.dtype(dtype).name} with zero point {zero_point} "
+                          f"(the {weights} encoding)")
             continue
         bias = producers.get(node.input[2]) if len(node.input) > 2 else None
         if bias is None or bias.op_type != "DequantizeLinear":
@@ -548,19 +620,29 @@ def export(ctx: ExportContext) -> list[Artifact]:
         return artifacts
     from spnas.quantize import plan_to_lower
 
+    weights = ctx.options.get("onnx_int8") or DEFAULT_WEIGHT_ENCODING
+    _check_encoding(weights)
     plan, quantization = plan_to_lower(ctx, FORMAT)
+    ctx.progress(f"onnx: int8 weights {weights} ({WEIGHT_ENCODINGS[weights].split(':')[0]})")
     with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".onnx-int8.") as work:
-        quantized = lower(proto, plan, Path(work))
+        quantized = lower(proto, plan, Path(work), weights=weights)
     onnx.checker.check_model(quantized, full_check=True)
-    scheme = {"scheme": SCHEME_TEXT, **SCHEME}
-    set_metadata(quantized, ctx, "int8", {"spnas.int8_scheme": json.dumps({**scheme, **quantization})})
+    recorded = {"scheme": SCHEME_TEXT.format(encoding=WEIGHT_ENCODINGS[weights]), **scheme(weights), **quantization}
+    set_metadata(quantized, ctx, "int8", {"spnas.int8_scheme": json.dumps(recorded)})
     int8_path = Path(ctx.out_dir) / f"spnasnet_100_int8{SUFFIX}"
     with atomic_path(int8_path) as tmp:
         onnx.save(quantized, str(tmp))
     details = {**common, "quantizer": "onnxruntime.quantization.quantize_static (TensorQuantOverrides from the plan)",
-               "quantization": {**scheme, **quantization}, **_quantized_io(quantized)}
+               "quantization": recorded, **_quantized_io(quantized)}
     artifacts.append(Artifact("onnx", "int8", int8_path, details))
     return artifacts
+
+
+def host_has_vnni() -> bool:
+    """Whether this CPU has the int8 dot product ONNX Runtime's U8S8 kernels need to be exact (x86)."""
+    from spnas.bench.host import machine_facts
+
+    return bool(VNNI_FLAGS & set(machine_facts().get("cpu_simd", [])))
 
 
 def session_options(num_threads: int | None = None, spinning: bool = False):
@@ -604,6 +686,20 @@ class OnnxRunner(RunnerBase):
                 from exc
         fixed = self.session.get_inputs()[0].shape[0]
         self.batch_size = fixed if isinstance(fixed, int) else batch or 32
+
+    @property
+    def weight_encoding(self) -> str | None:
+        """int8: the ``WEIGHT_ENCODINGS`` key (artifacts older than the choice are u8s8); fp32: None."""
+        if self.precision != "int8":
+            return None
+        return json.loads(self.metadata.get("spnas.int8_scheme", "{}")).get("weight_encoding", "u8s8")
+
+    def cpu_warning(self) -> str | None:
+        if self.weight_encoding != "u8s8" or platform.machine() not in X86_MACHINES or host_has_vnni():
+            return None
+        return ("u8s8 int8 weights on an x86 CPU without VNNI: ONNX Runtime's U8S8 kernels saturate here, so these "
+                "figures are not the plan's (re-export with --onnx-int8 portable, or run the session with "
+                "session.x64quantprecision=1)")
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
         return normalize(pixels, self.spec, "NCHW")
