@@ -128,7 +128,8 @@ def test_cache_root_follows_spnas_cache(monkeypatch, tmp_path):
 def test_cache_state_reports_ready_components_only_after_their_manifest(tmp_path):
     state = cache_state(tmp_path, "2.3.0")
     assert set(state) == {"qemu", "rootfs", "wheels"} and not any(c["ready"] for c in state.values())
-    build_component(tmp_path / "qemu", lambda work: (work / "qemu-aarch64").write_text("x") and {"version": [10, 0]})
+    build_component(tmp_path / "qemu-user",
+                    lambda work: (work / "qemu-aarch64").write_text("x") and {"version": [10, 0]})
     state = cache_state(tmp_path, "2.3.0")
     assert state["qemu"]["ready"] and state["qemu"]["version"] == [10, 0] and state["qemu"]["disk_bytes"] == 1
     assert not state["wheels"]["ready"]

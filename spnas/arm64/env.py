@@ -1,4 +1,4 @@
-"""The emulated aarch64 environment: qemu-user, a minimal Debian arm64 Python, LiteRT's aarch64 wheels.
+"""The emulated environments: qemu-user, a minimal Debian arm64 Python, LiteRT's and ONNX Runtime's aarch64 wheels.
 
 Everything comes from the two registries a CI machine reaches (Debian's archive through
 ``apt-get``, PyPI through ``pip``) and is cached in ``$SPNAS_CACHE/arm64`` (default
@@ -7,7 +7,9 @@ configuration are needed: ``apt-get`` runs against a private state folder, so it
 downloads, and ``dpkg-deb`` unpacks.  Python is then run as
 ``qemu-aarch64 -cpu CORE -L ROOTFS ROOTFS/usr/bin/python3.11``; ``-L`` makes the guest find
 its loader and libraries in ROOTFS while it still sees the host's ``/sys`` and ``/proc``
-(XNNPACK is silently skipped when ``/sys`` is missing, as under a bare chroot).
+(XNNPACK is silently skipped when ``/sys`` is missing, as under a bare chroot).  The same qemu-user
+package gives ``qemu-x86_64``, which runs this host's own Python on an older x86 CPU model
+(``-cpu Haswell-noTSX``: AVX2 without AVX-512 or VNNI) for the CPU-tier matrix (``spnas.arm64.tiers``).
 
 qemu before 8.0 shows the guest the x86 ``/proc/cpuinfo`` (LiteRT's CPU detection crashes on
 it) and before 10 its ``-cpu max`` SME emulation has given wrong int8 results; such a qemu is
@@ -41,6 +43,9 @@ GUEST_PACKAGES = ("python3.11", "libstdc++6")  # the interpreter and LiteRT's C+
 GUEST_PYTHON = "usr/bin/python3.11"
 WHEEL_PLATFORM = "manylinux_2_27_aarch64"  # ai-edge-litert 2.x is tagged only this; other tags fall back to 1.4
 QEMU_NAMES = ("qemu-aarch64", "qemu-aarch64-static")
+QEMU_X86 = "qemu-x86_64"
+QEMU_BINARIES = ("qemu-aarch64", QEMU_X86)  # taken out of Debian's qemu-user, which holds every target
+ORT_WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64")
 CPUINFO_EMULATED_SINCE = (8, 0)  # linux-user emulates the aarch64 /proc/cpuinfo from 8.0 on
 SME_TRUSTED_SINCE = (10, 0)  # 7.2's SME emulation gave wrong int8 results under -cpu max; 10 is verified
 NETWORK_ERRORS = re.compile(r"resolv|connect|unreachable|timed? ?out|network|Max retries|Failed to fetch|NewConnection",
@@ -114,6 +119,17 @@ class Arm64Env:
     site_packages: Path
     litert_version: str
     facts: dict = field(default_factory=dict)
+    extra_site_packages: tuple[Path, ...] = ()  # ONNX Runtime's aarch64 wheel, for the CPU tiers
+
+    @property
+    def qemu_x86(self) -> Path:
+        """``qemu-x86_64`` beside the chosen ``qemu-aarch64`` (the cached qemu-user has both), else on PATH."""
+        beside = self.qemu.with_name(QEMU_X86)
+        found = beside if beside.is_file() else shutil.which(QEMU_X86)
+        if not found:
+            raise SpnasError(f"no {QEMU_X86} beside {self.qemu} nor on PATH: apt-get install qemu-user, or unset "
+                             "$SPNAS_QEMU so the cached qemu-user (both emulators) is used")
+        return Path(found)
 
     @property
     def needs_fake_cpuinfo(self) -> bool:
@@ -155,7 +171,8 @@ class Arm64Env:
     def environment(self) -> dict[str, str]:
         """Host environment minus Python settings meant for the host, plus the wheels on PYTHONPATH."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "QEMU_", "VIRTUAL_ENV"))}
-        env.update(PYTHONPATH=str(self.site_packages), PYTHONNOUSERSITE="1")
+        env.update(PYTHONPATH=os.pathsep.join(map(str, (self.site_packages, *self.extra_site_packages))),
+                   PYTHONNOUSERSITE="1")
         return env
 
     def cpu_models(self) -> list[str]:
@@ -174,17 +191,22 @@ def read_manifest(path: Path) -> dict:
     return json.loads((path / "manifest.json").read_text())
 
 
-def component_dirs(root: Path, litert_version: str) -> dict[str, Path]:
-    return {"qemu": root / "qemu", "rootfs": root / f"rootfs-{GUEST_SUITE}",
+def component_dirs(root: Path, litert_version: str, ort_version: str | None = None) -> dict[str, Path]:
+    """The cached components; ``onnxruntime`` only when asked for (the CPU tiers run ONNX, ``--arm64`` does not)."""
+    dirs = {"qemu": root / "qemu-user", "rootfs": root / f"rootfs-{GUEST_SUITE}",
             "wheels": root / f"litert-{litert_version}"}
+    if ort_version:
+        dirs["onnxruntime"] = root / f"onnxruntime-{ort_version}"
+    return dirs
 
 
-def cache_state(root: Path | None = None, litert_version: str | None = None) -> dict[str, dict]:
+def cache_state(root: Path | None = None, litert_version: str | None = None,
+                ort_version: str | None = None) -> dict[str, dict]:
     """What is cached: per component, ``ready`` and (when ready) its manifest; cheap, runs nothing."""
     root = root or cache_root()
     litert_version = litert_version or host_litert_version()
     state = {}
-    for name, path in component_dirs(root, litert_version).items():
+    for name, path in component_dirs(root, litert_version, ort_version).items():
         ready = component_ready(path)
         state[name] = {"path": str(path), "ready": ready, **(read_manifest(path) if ready else {})}
     return state
@@ -316,23 +338,24 @@ def host_debian_architecture() -> str:
 
 
 def build_qemu(work: Path, progress: Progress) -> dict:
-    """Only ``qemu-aarch64`` out of Debian's qemu-user (static binaries; the package holds every target)."""
+    """``qemu-aarch64`` and ``qemu-x86_64`` out of Debian's qemu-user (static binaries; it holds every target)."""
     apt = PrivateApt(work / "apt", host_debian_architecture(), QEMU_SUITE)
     apt.update()
     debs = apt.download(("qemu-user",), f"qemu-user from Debian {QEMU_SUITE}", progress)
     deb = next(deb for deb in debs if deb.name.startswith("qemu-user_"))
     download_bytes = deb.stat().st_size
+    wanted = {f"{prefix}usr/bin/{name}": name for name in QEMU_BINARIES for prefix in ("./", "")}
     with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as unpack, \
             tarfile.open(fileobj=unpack.stdout, mode="r|") as archive:
         for member in archive:
-            if member.name in ("./usr/bin/qemu-aarch64", "usr/bin/qemu-aarch64"):
-                source = archive.extractfile(member)
-                (work / "qemu-aarch64").write_bytes(source.read())
-                break
+            if member.name in wanted:
+                (work / wanted[member.name]).write_bytes(archive.extractfile(member).read())
         unpack.stdout.read()
-    if unpack.returncode != 0 or not (work / "qemu-aarch64").is_file():
-        raise SpnasError(f"{deb.name}: no usr/bin/qemu-aarch64 in it")
-    (work / "qemu-aarch64").chmod(0o755)
+    missing = [name for name in QEMU_BINARIES if not (work / name).is_file()]
+    if unpack.returncode != 0 or missing:
+        raise SpnasError(f"{deb.name}: no usr/bin/{', '.join(missing) or QEMU_BINARIES[0]} in it")
+    for name in QEMU_BINARIES:
+        (work / name).chmod(0o755)
     shutil.rmtree(work / "apt")
     version = qemu_version(work / "qemu-aarch64")
     return {"component": "qemu", "package": deb.name, "download_bytes": download_bytes,
@@ -367,29 +390,36 @@ def host_litert_version() -> str:
         raise SpnasError("--arm64 compares with the host's LiteRT: pip install 'spnas[tflite]'") from exc
 
 
-def pip_download_command(litert_version: str, destination: Path) -> list[str]:
+def pip_download_command(litert_version: str, destination: Path, requirement: str | None = None,
+                         platforms: tuple[str, ...] = (WHEEL_PLATFORM,), no_deps: bool = False) -> list[str]:
+    """``pip download`` of aarch64 cp311 wheels: ai-edge-litert by default, else ``requirement``."""
     return [sys.executable, "-m", "pip", "download", "--progress-bar", "off",
-            "--disable-pip-version-check", "--only-binary=:all:", "--platform", WHEEL_PLATFORM,
-            "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-            "--dest", str(destination), f"ai-edge-litert=={litert_version}"]
+            "--disable-pip-version-check", "--only-binary=:all:",
+            *(arg for platform in platforms for arg in ("--platform", platform)),
+            "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", *(["--no-deps"] if no_deps else []),
+            "--dest", str(destination), requirement or f"ai-edge-litert=={litert_version}"]
 
 
-def build_wheels(work: Path, litert_version: str, progress: Progress) -> dict:
-    """ai-edge-litert (the host's version, so only the CPU differs) and its deps, unzipped for PYTHONPATH."""
+def build_wheels(work: Path, litert_version: str, progress: Progress, requirement: str | None = None,
+                 platforms: tuple[str, ...] = (WHEEL_PLATFORM,), no_deps: bool = False) -> dict:
+    """ai-edge-litert (the host's version, so only the CPU differs) and its deps, unzipped for PYTHONPATH;
+    or ``requirement`` (ONNX Runtime, without deps: the LiteRT set has numpy, protobuf and flatbuffers)."""
     downloads = work / "downloads"
-    progress(f"arm64: downloading aarch64 wheels ai-edge-litert=={litert_version} + numpy, protobuf, ... "
-             "from PyPI (about 31 MB) ...")
+    requirement = requirement or f"ai-edge-litert=={litert_version}"
+    progress(f"arm64: downloading aarch64 wheels {requirement}{'' if no_deps else ' + its dependencies'} "
+             "from PyPI (about 31 MB for LiteRT, 23 MB for ONNX Runtime) ...")
     start = time.perf_counter()
-    result = subprocess.run(pip_download_command(litert_version, downloads), capture_output=True, text=True)
+    result = subprocess.run(pip_download_command(litert_version, downloads, requirement, platforms, no_deps),
+                            capture_output=True, text=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["?"])[-1]
         if NETWORK_ERRORS.search(result.stderr):
             raise SpnasError(f"no network: cannot download aarch64 wheels from PyPI ({last[:160]}); "
                              "the first --arm64 run needs PyPI")
         if "from versions: none" in result.stderr:
-            raise SpnasError(f"no ai-edge-litert=={litert_version} wheel for {WHEEL_PLATFORM} cp311 found: no network "
+            raise SpnasError(f"no {requirement} wheel for {platforms[0]} cp311 found: no network "
                              "to PyPI, or that version has none (the first --arm64 run needs PyPI)")
-        raise SpnasError(f"pip could not download ai-edge-litert=={litert_version} for {WHEEL_PLATFORM} ({last[:160]})")
+        raise SpnasError(f"pip could not download {requirement} for {platforms[0]} ({last[:160]})")
     wheels = sorted(downloads.glob("*.whl"))
     download_bytes = sum(wheel.stat().st_size for wheel in wheels)
     progress(f"arm64: downloaded {len(wheels)} wheels, {megabytes(download_bytes)}, "
@@ -400,7 +430,16 @@ def build_wheels(work: Path, litert_version: str, progress: Progress) -> dict:
             archive.extractall(site)
     shutil.rmtree(downloads)
     return {"component": "wheels", "wheels": [wheel.name for wheel in wheels], "download_bytes": download_bytes,
-            "platform": WHEEL_PLATFORM, "source": "PyPI"}
+            "platform": platforms[0], "source": "PyPI"}
+
+
+def host_ort_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxruntime")
+    except PackageNotFoundError as exc:
+        raise SpnasError("the CPU tiers compare with the host's ONNX Runtime: pip install 'spnas[onnx]'") from exc
 
 
 # ---------------------------------------------------------------- choosing qemu
@@ -422,7 +461,7 @@ def choose_qemu(root: Path, progress: Progress) -> tuple[Path, tuple[int, int, i
     explicit = os.environ.get("SPNAS_QEMU")
     if explicit:
         return Path(explicit), qemu_version(explicit), "$SPNAS_QEMU"
-    cached = root / "qemu"
+    cached = root / "qemu-user"
     if component_ready(cached):
         return cached / "qemu-aarch64", tuple(read_manifest(cached)["version"]), read_manifest(cached)["source"]
     on_path = system_qemu()
@@ -470,11 +509,14 @@ def guest_error(result: subprocess.CompletedProcess) -> str:
     return lines[-1].strip()[:200] if lines else f"exit code {result.returncode}"
 
 
-def prepare_env(root: Path | None = None, *, progress: Progress = stderr_progress) -> Arm64Env:
-    """Ready the cached environment, downloading what is missing (about 110 MB the first time)."""
+def prepare_env(root: Path | None = None, *, progress: Progress = stderr_progress,
+                onnxruntime: bool = False) -> Arm64Env:
+    """Ready the cached environment, downloading what is missing (about 110 MB the first time; with
+    ``onnxruntime``, ONNX Runtime's aarch64 wheel too, 23 MB)."""
     root = Path(root) if root else cache_root()
     litert_version = host_litert_version()
-    dirs = component_dirs(root, litert_version)
+    ort_version = host_ort_version() if onnxruntime else None
+    dirs = component_dirs(root, litert_version, ort_version)
     missing = [name for name, path in dirs.items() if not component_ready(path)]
     start = time.perf_counter()
     if missing:
@@ -487,8 +529,12 @@ def prepare_env(root: Path | None = None, *, progress: Progress = stderr_progres
         build_component(dirs["rootfs"], lambda work: build_rootfs(work, progress))
     if not component_ready(dirs["wheels"]):
         build_component(dirs["wheels"], lambda work: build_wheels(work, litert_version, progress))
+    if ort_version and not component_ready(dirs["onnxruntime"]):
+        build_component(dirs["onnxruntime"], lambda work: build_wheels(
+            work, litert_version, progress, f"onnxruntime=={ort_version}", ORT_WHEEL_PLATFORMS, no_deps=True))
     env = Arm64Env(root=root, qemu=qemu, qemu_version=version, qemu_source=source, rootfs=dirs["rootfs"],
-                   site_packages=dirs["wheels"] / "site-packages", litert_version=litert_version)
+                   site_packages=dirs["wheels"] / "site-packages", litert_version=litert_version,
+                   extra_site_packages=(dirs["onnxruntime"] / "site-packages",) if ort_version else ())
     if missing:
         facts = smoke_test(env)
         progress(f"arm64: environment ready in {time.perf_counter() - start:.0f}s: qemu {env.version_text}, "

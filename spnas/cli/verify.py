@@ -16,6 +16,7 @@ examples:
   spnas-verify exports/spnasnet_100_int8.tflite --weights model.safetensors --images val/
   spnas-verify exports/*.onnx exports/*.tflite --json parity.json --markdown parity.md
   spnas-verify exports/spnasnet_100_int8.tflite --explain
+  spnas-verify exports/*_int8.* --cpu haswell,cortex-a53,cortex-a76,cortex-a710
   spnas-verify exports/spnasnet_100_int8.tflite --ai-hub "Samsung Galaxy S24,Google Pixel 8"
 
 Without --images, the held-out parity images listed in the report.json beside the artifact
@@ -50,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", action="store_true", help="int8: per-layer SQNR drift, worst first")
     parser.add_argument("--arm64", action="store_true",
                         help="also run .tflite artifacts on aarch64 LiteRT under qemu emulation")
+    parser.add_argument("--cpu", metavar="TIER[,TIER...]",
+                        help="also run every artifact on emulated CPU tiers (qemu-user): haswell (x86-64 AVX2, no "
+                             "VNNI), cortex-a53 (no dotprod), cortex-a76 (dotprod), cortex-a710 (i8mm); gated "
+                             "against the native run, the plan's simulation and the reference")
+    parser.add_argument("--cpu-images", type=int, default=8, metavar="N",
+                        help="with --cpu: parity images per tier (default 8; emulation takes seconds per image)")
     add_ai_hub_arguments(parser, "inference")
     parser.add_argument("--strict", action="store_true", help="random reference weights fail the gate")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -199,6 +206,13 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
         format_of(artifact)
     if args.arm64 and not all(format_of(a) == "tflite" for a in artifacts):
         raise SpnasError("--arm64 runs .tflite artifacts only")
+    from spnas.arm64.tiers import parse_tiers
+
+    tiers = parse_tiers(args.cpu) if args.cpu else []
+    if tiers and args.cpu_images < 1:
+        raise SpnasError("--cpu-images must be at least 1")
+    if tiers and not all(format_of(a) in ("tflite", "onnx", "executorch") for a in artifacts):
+        raise SpnasError("--cpu runs .tflite, .onnx and .pte artifacts")
     from spnas.cli import ai_hub_devices
 
     devices = ai_hub_devices(args)
@@ -263,6 +277,9 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
                 entry["gate"]["failures"] += [f"{d['device']['name']}: " + "; ".join(d["gate"]["failures"])
                                               for d in failed]
         entries.append(entry)
+    if tiers:
+        cpu_tiers(args, tiers, artifacts, images.pixels, reference, model, spec, plan_lowerings, random_weights,
+                  entries, console)
     agreement = int8_agreement(int8_logits, args.min_int8_agreement_db)
     validation = None
     if args.val:
@@ -384,6 +401,44 @@ def print_explain(entry: dict, worst: int = 10) -> None:
     print(f"\nper-layer int8 drift of {Path(entry['path']).name} (worst {worst} of {len(entry['explain'])}):")
     rows = [[layer["layer"], f"{layer['sqnr_db']:.1f}"] for layer in entry["explain"][:worst]]
     print(format_table(["layer", "SQNR dB"], rows))
+
+
+def cpu_tiers(args, tiers, artifacts, pixels, reference, model, spec, plan_lowerings, random_weights, entries,
+              console) -> None:
+    """``--cpu``: every artifact on the emulated tiers; each entry gets its ``cpu_tiers`` block, and fails with it."""
+    from spnas.arm64.tiers import summary_table, verify_tiers
+    from spnas.parity import Thresholds
+    from spnas.verify import thresholds_for
+
+    count = min(args.cpu_images, len(pixels))
+    simulations = {str(artifact.resolve()): plan_simulation(artifact, model, spec, pixels[:count])
+                   for artifact in artifacts if artifact.resolve() in plan_lowerings}
+    thresholds = {precision: Thresholds() if random_weights and precision == "int8" else thresholds_for(precision, args)
+                  for precision in ("fp32", "fp16", "int8")}
+    with console.step(f"CPU tiers {', '.join(tiers)} under emulation"):
+        blocks = verify_tiers(artifacts, pixels, reference, tiers, simulations=simulations, thresholds=thresholds,
+                              max_images=count, progress=console.info)
+    print(summary_table(blocks))
+    for artifact, entry in zip(artifacts, entries, strict=True):
+        entry["cpu_tiers"] = blocks[str(artifact.resolve())]
+        if not entry["cpu_tiers"]["passed"]:
+            entry["passed"] = False
+            entry["gate"]["status"] = "failed"
+            entry["gate"]["failures"].append("cpu tiers: " + "; ".join(entry["cpu_tiers"]["failures"]))
+
+
+def plan_simulation(artifact, model, spec, pixels):
+    """The torch int8 simulation of the plan an artifact lowers (the ``quant_plan.json`` beside it)."""
+    from pathlib import Path
+
+    from spnas.folding import fold_batchnorm
+    from spnas.preprocess import normalize
+    from spnas.quantize import PLAN_FILE, load_plan, simulate
+
+    plan = load_plan(Path(artifact).parent / PLAN_FILE)
+    folded = fold_batchnorm(model)
+    plan.check(folded, model.weights_info.sha256)
+    return simulate(folded, plan, normalize(pixels, spec))
 
 
 def arm64_parity(artifact, pixels, reference, thresholds, console) -> dict:

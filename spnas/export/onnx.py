@@ -36,6 +36,11 @@ from ``spnas.quantize.plan_to_lower``, shared with TFLite and written to ``quant
    ``plan.float_layers`` are ``nodes_to_exclude``; a plan tensor ORT then leaves float (outputs
    read only by float nodes, e.g. a float classifier's logits) gets its QuantizeLinear ->
    DequantizeLinear pair here, so float layers' outputs stay on the plan's grid as in the simulation;
+   the weights are then stored in the chosen ``WEIGHT_ENCODINGS`` (``encode_weights``): ``portable``
+   (default) as uint8 + 128 in every layer but the depthwise convs, so ORT runs its U8U8 kernels,
+   exact on x86 without VNNI, where its U8S8 kernels saturate 16-bit pair sums (``vpmaddubsw``);
+   ``u8s8`` keeps int8 everywhere (about 1.7x faster with VNNI, 33.7 dB instead of the plan's
+   function on an emulated AVX2-only Haswell; ``benchmarks/results/cpu_tiers.json``);
 3. ``check_lowering`` then refuses (``SpnasError`` naming the tensor) a model in which any plan
    tensor lacks its QuantizeLinear or has another scale (float32-equal) or zero point, anything
    else is quantized, a weight scale differs from the plan's beyond float32 rounding, or an int32
@@ -52,18 +57,19 @@ float32 BatchNorm fold, not ``spnas.folding``'s); what separates it from the sim
 one-step flips, which the net amplifies block by block, not the grids.
 Without VNNI, ORT's U8S8 kernels saturate 16-bit pair sums (``vpmaddubsw``) and leave the plan's
 function (the earlier ORT-calibrated export: 29.1 dB on an AVX2-only AMD EPYC, 38.0 dB with VNNI,
-on the tests' 40 parity images).
+on the tests' 40 parity images): hence the ``portable`` weight encoding, bit-identical to U8S8
+where both are exact, at about fp32 speed on a VNNI CPU (ORT has no VNNI kernel for uint8 weights).
 
-Speed: int8 / fp32 latency 0.80x at 1 thread (6.1 vs 7.7 ms) and 0.88x at 2 threads (an earlier
-run: 0.77x / 0.81x; the machine is shared, two other jobs were running), short of the 0.7x
-target.  ORT's profiler (1 thread) puts the gap in the depthwise convolutions: int8 QLinearConv
-3.6 ms against 1.9 ms for fp32's NCHWc kernels, and the 3-channel stem 0.9 against 0.4 ms, while
-the pointwise convolutions, the head and the classifier run 2x faster in int8 (7.3 -> 3.3 ms).
-The knobs do not help: S8S8 (the same plan, int8 activations) is 1.26x fp32 (ORT leaves some
-convolutions unfused), ``session.qdqisint8allowed=1`` makes no difference to
-U8S8 and makes S8S8 7.5x slower, ``ORT_ENABLE_EXTENDED`` 0.97x.  QDQ over QOperator: the same
-kernels once ORT fuses QDQ (measured with the earlier calibrated export), and QDQ is the portable
-form other execution providers (XNNPACK, NNAPI, QNN) consume.
+Speed (U8S8 weights, the figures below): int8 / fp32 latency 0.80x at 1 thread (6.1 vs 7.7 ms) and
+0.88x at 2 threads (an earlier run: 0.77x / 0.81x; the machine is shared, two other jobs were
+running), short of the 0.7x target. ORT's profiler (1 thread) puts the gap in the depthwise
+convolutions: int8 QLinearConv 3.6 ms against 1.9 ms for fp32's NCHWc kernels, and the 3-channel
+stem 0.9 against 0.4 ms, while the pointwise convolutions, the head and the classifier run 2x faster
+in int8 (7.3 -> 3.3 ms). The knobs do not help: S8S8 (the same plan, int8 activations) is 1.26x fp32
+(ORT leaves some convolutions unfused), ``session.qdqisint8allowed=1`` makes no difference to U8S8
+and makes S8S8 7.5x slower, ``ORT_ENABLE_EXTENDED`` 0.97x. QDQ over QOperator: the same kernels once
+ORT fuses QDQ (measured with the earlier calibrated export), and QDQ is the portable form other
+execution providers (XNNPACK, NNAPI, QNN) consume.
 
 ONNX Runtime session: ``ORT_ENABLE_ALL`` (it fuses DQ-Conv-Q into QLinearConv and moves int8
 convolutions to NHWC; fp32 gets NCHWc; BASIC/EXTENDED were 2.5x / 1.1x slower), sequential
