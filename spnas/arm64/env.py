@@ -509,6 +509,19 @@ def guest_error(result: subprocess.CompletedProcess) -> str:
     return lines[-1].strip()[:200] if lines else f"exit code {result.returncode}"
 
 
+def run_summary(command: list[str], where: str, what: str, env: dict | None = None,
+                timeout: float = 600) -> tuple[dict, str]:
+    """Run a runner script (host or guest) that ends its stdout with a JSON summary: (summary, stderr);
+    a timeout or a failure is one line naming ``where`` and ``what`` ran."""
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise SpnasError(f"{where}: {what} did not finish within {timeout:g}s") from exc
+    if result.returncode != 0:
+        raise SpnasError(f"{where}: {what} run failed ({guest_error(result)})")
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
 def prepare_env(root: Path | None = None, *, progress: Progress = stderr_progress,
                 onnxruntime: bool = False) -> Arm64Env:
     """Ready the cached environment, downloading what is missing (about 110 MB the first time; with

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spnas.arm64.env import Progress, guest_error, prepare_env, stderr_progress
+from spnas.arm64.env import Progress, prepare_env, run_summary, stderr_progress
 from spnas.arm64.verify import compare_outputs, dequantize
 from spnas.errors import SpnasError
 from spnas.parity import Thresholds, compare, sqnr_db, to_json_number
@@ -66,13 +65,7 @@ def parse_tiers(text: str) -> list[str]:
 
 def run_jobs(command: list[str], jobs: list[dict], where: str, env: dict | None = None) -> dict:
     """Run tier_runner.py on ``jobs``; its summary with each model's raw outputs loaded."""
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise SpnasError(f"{where}: the runtimes did not finish within {TIMEOUT_S}s") from exc
-    if result.returncode != 0:
-        raise SpnasError(f"{where}: run failed ({guest_error(result)})")
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary, _ = run_summary(command, where, "the runtimes", env, TIMEOUT_S)
     for job in jobs:
         summary["models"][job["model"]]["outputs"] = np.load(job["outputs"])
     return summary

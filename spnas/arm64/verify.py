@@ -10,10 +10,8 @@ arithmetic on those cores; its time is not latency, and GPU/NPU delegates are no
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spnas.arm64.env import Arm64Env, Progress, guest_error, prepare_env, stderr_progress
+from spnas.arm64.env import Arm64Env, Progress, prepare_env, run_summary, stderr_progress
 from spnas.errors import SpnasError
 from spnas.export.tflite_mediapipe import softmax_input
 from spnas.parity import DEFAULT_THRESHOLDS, Thresholds, compare, to_json_number
@@ -51,17 +49,11 @@ def delegate_applied(stderr: str) -> bool:
 
 def run_guest_runner(command: list[str], outputs: dict[str, Path], where: str, env: dict | None = None) -> dict:
     """Run guest_runner.py (host or guest); returns its summary with the raw outputs loaded."""
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=GUEST_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise SpnasError(f"{where}: LiteRT did not finish within {GUEST_TIMEOUT_S}s") from exc
-    if result.returncode != 0:
-        raise SpnasError(f"{where}: LiteRT run failed ({guest_error(result)})")
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary, stderr = run_summary(command, where, "LiteRT", env, GUEST_TIMEOUT_S)
     for kernels, path in outputs.items():
         summary["runs"][kernels]["outputs"] = np.load(path)
     if "xnnpack" in outputs:
-        summary["runs"]["xnnpack"]["xnnpack_applied"] = delegate_applied(result.stderr)
+        summary["runs"]["xnnpack"]["xnnpack_applied"] = delegate_applied(stderr)
     return summary
 
 
