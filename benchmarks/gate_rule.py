@@ -53,25 +53,32 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def make_models(folder: Path) -> dict[str, str]:
+MODELS = ("trained_4_192px_bicubic_mean0.5_all_layers", "coarse8_8", "fixture_1000", "probe_6_256px")
+
+
+def make_model(name: str, folder: Path) -> str:
+    """The weights of one of ``MODELS``: a shared checkpoint, or a fine-tune made now in ``folder``."""
     from finetunes import changed_layers, linear_probe, train_all_layers, write_timm_folder
 
     import spnas
 
     fixture, images = SHARED_DATA / "spnasnet_100_fixture.safetensors", SHARED_DATA / "imagenet-sample"
-    probe = linear_probe(fixture, images, PROBE6["names"], PROBE6["cfg"], count=48)
+    if name == "fixture_1000":
+        return str(fixture)
+    if name == "coarse8_8":
+        return str(SHARED_DATA / "spnasnet_100_coarse8")
+    if name == "probe_6_256px":
+        probe = linear_probe(fixture, images, PROBE6["names"], PROBE6["cfg"], count=48)
+        return str(write_timm_folder(folder / "probe6", probe, names=PROBE6["names"], cfg=PROBE6["cfg"]))
     trained = train_all_layers(fixture, images, TRAINED4["names"], TRAINED4["cfg"], steps=8, batch=8, lr=0.01)
     share = changed_layers(spnas.create_model(str(fixture), num_classes=4).state_dict(), trained)
-    print(f"trained4: {share:.0%} of the float tensors changed", file=sys.stderr)
-    return {"trained_4_192px_bicubic_mean0.5_all_layers": str(write_timm_folder(
-                folder / "trained4", trained, names=TRAINED4["names"], cfg=TRAINED4["cfg"])),
-            "coarse8_8": str(SHARED_DATA / "spnasnet_100_coarse8"), "fixture_1000": str(fixture),
-            "probe_6_256px": str(write_timm_folder(folder / "probe6", probe, names=PROBE6["names"],
-                                                   cfg=PROBE6["cfg"]))}
+    print(f"{name}: {share:.0%} of the float tensors changed", file=sys.stderr)
+    return str(write_timm_folder(folder / "trained4", trained, names=TRAINED4["names"], cfg=TRAINED4["cfg"]))
 
 
-def measure_model(weights: str, tmp: Path) -> dict:
-    """Every export (correct and each fault) of one model: raw metrics only."""
+def measure_model(weights: str, tmp: Path, save=lambda model: None) -> dict:
+    """Every export (correct and each fault) of one model: raw metrics only; ``save`` gets the model's record
+    after each export, so a long run leaves what it measured."""
     from spnas import create_model
     from spnas.export import ExportContext, format_module
     from spnas.faults import FAULTS, apply_fault
@@ -90,6 +97,8 @@ def measure_model(weights: str, tmp: Path) -> dict:
     reference = TorchRunner(model, spec).run(parity.pixels)
     folded = fold_batchnorm(model)
     exports = {}
+    record = {"weights": weights, "num_classes": len(source.class_names), "preprocessing": spec.to_dict(),
+              "exports": exports}
     for fault in ("none", *FAULTS):
         broken, broken_spec, pixels = ((model, spec, calib.pixels) if fault == "none"
                                        else apply_fault(fault, model, spec, calib.pixels))
@@ -110,11 +119,11 @@ def measure_model(weights: str, tmp: Path) -> dict:
         pairs = [{"artifacts": [a, b], **compare(logits[a], logits[b])}
                  for a, b in itertools.combinations(logits, 2)]
         exports[fault] = {"simulation": body, "artifacts": artifacts, "pairs": pairs}
+        save(record)
         print(f"  {fault}: simulation pooled {body['pooled_sqnr_db']:.1f} dB, logits {body['logit_sqnr_db']:.1f}; "
               + ", ".join(f"{fmt} {a['vs_float']['sqnr_db']:.1f}/{a['vs_simulation']['sqnr_db']:.1f}"
                           for fmt, a in artifacts.items()), file=sys.stderr, flush=True)
-    return {"weights": weights, "num_classes": len(source.class_names), "preprocessing": spec.to_dict(),
-            "exports": exports}
+    return record
 
 
 def old_gate(export: dict) -> bool:
@@ -153,6 +162,9 @@ def apply_rule(results: dict) -> list[list[str]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rule-only", action="store_true", help="re-apply the rule to the recorded measurements")
+    parser.add_argument("--models", default=",".join(MODELS), help="a subset of: " + ", ".join(MODELS))
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="combine the models of several runs' results (e.g. subsets run side by side)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -160,14 +172,25 @@ def main(argv=None) -> int:
 
     if args.rule_only:
         results = json.loads(args.results.read_text())
+    elif args.merge:
+        runs = [json.loads(path.read_text()) for path in args.merge]
+        results = {"cpu": runs[0]["cpu"], "runs": [{key: run[key] for key in run if key != "models"} | {
+            "models": list(run["models"])} for run in runs], "models": {}}
+        for run in runs:
+            results["models"].update(run["models"])
     else:
         results = {"cpu": cpu_model(), "load_average_start": os.getloadavg(), "models": {}}
         with tempfile.TemporaryDirectory() as tmp:
-            for name, weights in make_models(Path(tmp)).items():
+            for name in args.models.split(","):
+                weights = make_model(name, Path(tmp))
                 print(f"{name}:", file=sys.stderr, flush=True)
-                results["models"][name] = measure_model(weights, Path(tmp) / name)
-                results["models"][name]["weights"] = name if name.startswith(("probe", "trained")) else weights
-                args.results.write_text(json.dumps(results, indent=1) + "\n")  # each model's measurements at once
+
+                def save(record, name=name, weights=weights):
+                    shown = name if name.startswith(("probe", "trained")) else weights  # not a temporary path
+                    results["models"][name] = {**record, "weights": shown}
+                    args.results.write_text(json.dumps(results, indent=1) + "\n")
+
+                measure_model(weights, Path(tmp) / name, save)
         results["load_average_end"] = os.getloadavg()
     from spnas import verify
 
