@@ -27,7 +27,9 @@ RANDOM_NOT_APPLICABLE = "not applicable (random weights)"
 SIMULATION_MARGIN_DB = 0.0  # artifact vs the plan's simulation >= simulation vs float + this
 AGREEMENT_MARGIN_DB = 0.0  # two artifacts of one plan >= the better one's SQNR vs float + this
 MAX_BELOW_SIMULATION_DB = 3.0  # artifact vs float >= simulation vs float - this (it is as good as its plan)
-MIN_POOLED_SQNR_DB = 25.0  # the plan's simulation at the pooled features, which every head reads
+MIN_POOLED_SQNR_DB = 16.0  # the plan's simulation at the pooled features, which every head reads: correct plans
+# measure 23.9 dB (32 calibration images) to 33.6 dB, the faults' logits 7-15 dB on the 1000-way head, which
+# reads ~6-8 dB better than the pooled features
 RULE = {"simulation_margin_db": SIMULATION_MARGIN_DB, "agreement_margin_db": AGREEMENT_MARGIN_DB,
         "max_below_simulation_db": MAX_BELOW_SIMULATION_DB, "min_pooled_sqnr_db": MIN_POOLED_SQNR_DB}
 

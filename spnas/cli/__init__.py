@@ -59,7 +59,7 @@ def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     plan = parser.add_argument_group("int8 plan gates (relative to the same images' int8-vs-float SQNR; "
                                      "README, \"Parity thresholds\")")
     plan.add_argument("--min-pooled-sqnr-db", type=float, metavar="P",
-                      help="floor of the plan's simulated SQNR at the pooled features (default 25)")
+                      help="floor of the plan's simulated SQNR at the pooled features (default 16)")
     plan.add_argument("--simulation-margin-db", type=float, metavar="M",
                       help="an artifact's SQNR against the plan's simulation must exceed the simulation's SQNR "
                            "against float by M dB (default 0)")
