@@ -103,7 +103,7 @@ def test_fallback_keeps_the_layers_that_add_the_most_loss(fixture_model, quant_p
     from spnas.quantize.drift import layer_drift
 
     monkeypatch.setattr(fallback, "MAX_ROUNDS", 1)
-    folded, x = fold_batchnorm(fixture_model), normalize(parity_pixels[:16])
+    folded, x = fold_batchnorm(fixture_model), normalize(parity_pixels[:8])
     lines = []
     plan, block = fallback.fallback(folded, quant_plan, PixelBatches(calib_pixels[:16]), DEFAULT_SPEC, x,
                                     Thresholds(min_top1=0.0), SimpleNamespace(min_pooled_sqnr_db=80.0),
