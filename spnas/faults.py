@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from spnas.preprocess import PreprocessSpec
+from spnas.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 
 FAULTS = ("wrong_mean_std", "bgr_channels", "noise_calibration", "shuffled_weight")
 SHUFFLED_WEIGHT = "blocks.3.1.conv_dw.weight"
@@ -22,7 +22,8 @@ SHUFFLED_WEIGHT = "blocks.3.1.conv_dw.weight"
 def apply_fault(fault: str, model, spec: PreprocessSpec, calibration_pixels: np.ndarray, seed: int = 0):
     """``(model, spec, calibration_pixels)`` with ``fault`` applied; the inputs are not modified.
 
-    - ``wrong_mean_std``: the [-1, 1] scaling of TF-slim models (mean = std = 0.5) instead of timm's;
+    - ``wrong_mean_std``: the [-1, 1] scaling of TF-slim models (mean = std = 0.5) instead of timm's (for a
+      model whose own scaling is that one, ImageNet's mean and std instead);
     - ``bgr_channels``: the stem expects BGR, as after an OpenCV-style channel swap in the exporter;
     - ``noise_calibration``: the tutorials' placeholder ``np.random.rand`` representative dataset,
       i.e. uniform [0, 1) noise in the model's normalised input space;
@@ -32,7 +33,10 @@ def apply_fault(fault: str, model, spec: PreprocessSpec, calibration_pixels: np.
 
     rng = np.random.default_rng(seed)
     if fault == "wrong_mean_std":
-        return model, replace(spec, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), calibration_pixels
+        wrong = (0.5, 0.5, 0.5)
+        if tuple(spec.mean) == wrong and tuple(spec.std) == wrong:
+            return model, replace(spec, mean=IMAGENET_MEAN, std=IMAGENET_STD), calibration_pixels
+        return model, replace(spec, mean=wrong, std=wrong), calibration_pixels
     if fault == "noise_calibration":
         unit = rng.random(calibration_pixels.shape, dtype=np.float32)
         pixels = (unit * np.asarray(spec.std, np.float32) + np.asarray(spec.mean, np.float32)) * spec.pixel_divisor

@@ -17,13 +17,14 @@ from spnas.io import atomic_write_text
 
 def build_report(*, weights, preprocessing, calibration, parity_images, artifacts: list[dict],
                  warnings: list[str], classes: dict, overrides: dict, validation: dict | None = None,
-                 int8_agreement: dict | None = None) -> dict:
+                 int8_agreement: dict | None = None, int8_plan: dict | None = None) -> dict:
     """Assemble the report; artifact paths are relative to the output folder.
 
     ``classes``: the classifier's names and where they came from; ``overrides``: each preprocessing
     value a flag changed from the checkpoint's config (``{name: {"config", "override"}}``);
     ``validation``: the ``--val`` set and the reference's accuracy (each artifact has its own);
-    ``int8_agreement``: the pairwise SQNR of the int8 artifacts that lower one plan (``spnas.verify.int8_agreement``).
+    ``int8_agreement``: the pairwise SQNR of the int8 artifacts that lower one plan (``spnas.verify.int8_agreement``);
+    ``int8_plan``: that plan's simulation against float, pooled features and logits (``spnas.verify.simulate_plan``).
     """
     return {
         "spnas_version": __version__,
@@ -36,6 +37,7 @@ def build_report(*, weights, preprocessing, calibration, parity_images, artifact
                           "manifest": parity_images.manifest()},
         "validation": validation,
         "artifacts": artifacts,
+        "int8_plan": int8_plan,
         "int8_agreement": int8_agreement,
         "warnings": warnings,
     }
@@ -75,8 +77,8 @@ class ArtifactReport:
 
 
 EXPORT_KEYS = ("spnas_version", "weights", "classes", "preprocessing", "calibration", "parity_images", "validation",
-               "artifacts", "int8_agreement", "warnings")
-VERIFY_KEYS = ("spnas_version", "weights", "images", "validation", "artifacts", "int8_agreement")
+               "artifacts", "int8_plan", "int8_agreement", "warnings")
+VERIFY_KEYS = ("spnas_version", "weights", "images", "validation", "artifacts", "int8_plan", "int8_agreement")
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Report:
     parity_images: dict[str, Any] | None = None
     images: dict[str, Any] | None = None  # spnas-verify: the parity images used
     validation: dict[str, Any] | None = None  # --val: the set and the reference's accuracy
+    int8_plan: dict[str, Any] | None = None  # the plan's simulation vs float (pooled features, logits), its gate
     int8_agreement: dict[str, Any] | None = None  # pairwise SQNR of the int8 artifacts of one plan, and its gate
     warnings: list[str] = field(default_factory=list)
     exit_code: int = 0  # what the CLI exits with: 0 every gate passed, 1 a gate failed

@@ -133,3 +133,27 @@ def cli_exports(tmp_path_factory, fixture_weights, imagenet_dir) -> Path:
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0, result.stderr
     return out
+
+
+FINETUNE_NAMES = ["dog", "bird", "object", "other"]
+FINETUNE_CFG = {"input_size": [3, 160, 160], "interpolation": "bicubic", "crop_pct": 0.9, "mean": [0.5] * 3,
+                "std": [0.5] * 3}
+
+
+@pytest.fixture(scope="session")
+def finetune_export(tmp_path_factory, fixture_weights, imagenet_dir) -> tuple[Path, Path]:
+    """``(export folder, timm folder)``: a user's 4-class fine-tune at 160 px, bicubic, mean/std 0.5, every layer
+    trained a few SGD steps (``tests/finetunes.py``), exported by ``spnas-export --format tflite --int8`` with
+    default gates, once per session."""
+    from finetunes import train_all_layers, write_timm_folder
+
+    from spnas.cli.export import main
+
+    state = train_all_layers(fixture_weights, imagenet_dir, FINETUNE_NAMES, FINETUNE_CFG, steps=3, batch=8)
+    folder = write_timm_folder(tmp_path_factory.mktemp("finetune") / "trained4", state, names=FINETUNE_NAMES,
+                               cfg=FINETUNE_CFG)
+    out = tmp_path_factory.mktemp("finetune-export") / "exports"
+    code = main(["--format", "tflite", "--int8", "--weights", str(folder), "--calib", str(imagenet_dir),
+                 "--num-calib", "32", "--num-parity", "24", "--out", str(out), "--quiet"])
+    assert code == 0, (out / "report.json").read_text() if (out / "report.json").exists() else code
+    return out, folder

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from finetunes import write_timm_folder
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -42,18 +43,6 @@ def hand_normalize(crops: np.ndarray, mean, std) -> torch.Tensor:
     x = crops.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def write_timm_folder(folder, state: dict, *, names=None, architecture="spnasnet_100", cfg=None):
-    """A folder as timm's ``save_for_hf`` writes it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors")
-    config = {"architecture": architecture, "num_classes": int(state["classifier.weight"].shape[0]),
-              "num_features": 1280, "global_pool": "avg", "pretrained_cfg": cfg or {}}
-    if names is not None:
-        config["label_names"] = names
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
 
 
 @pytest.fixture(scope="module")

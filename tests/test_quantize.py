@@ -101,16 +101,33 @@ def test_simulation_predicts_each_runtime_within_1_db(exported, folded, export_p
 
 
 def test_int8_artifacts_agree_with_each_other_and_the_gate_is_checked(exported):
-    from spnas.verify import MIN_INT8_AGREEMENT_DB
+    from spnas.verify import AGREEMENT_MARGIN_DB
 
     out, report, _ = exported
     agreement = report["int8_agreement"]
-    assert agreement["passed"] and agreement["min_sqnr_db"] == MIN_INT8_AGREEMENT_DB
-    paths = {e["path"] for e in plan_entries(report).values()}
-    assert {p for pair in agreement["pairs"] for p in pair["artifacts"]} == paths
-    assert len(agreement["pairs"]) == len(paths) * (len(paths) - 1) // 2
-    worst_vs_float = min(e["parity"]["sqnr_db"] for e in plan_entries(report).values())
-    assert all(pair["sqnr_db"] > worst_vs_float for pair in agreement["pairs"]), agreement  # closer than to float
+    assert agreement["passed"] and agreement["margin_db_over_sqnr_vs_float"] == AGREEMENT_MARGIN_DB
+    entries = {e["path"]: e for e in plan_entries(report).values()}
+    assert {p for pair in agreement["pairs"] for p in pair["artifacts"]} == set(entries)
+    assert len(agreement["pairs"]) == len(entries) * (len(entries) - 1) // 2
+    for pair in agreement["pairs"]:  # closer to each other than either is to float
+        better = max(entries[path]["parity"]["sqnr_db"] for path in pair["artifacts"])
+        assert pair["min_sqnr_db"] == pytest.approx(better + AGREEMENT_MARGIN_DB, abs=0.01)
+        assert pair["sqnr_db"] >= pair["min_sqnr_db"], agreement
+
+
+def test_each_lowering_is_gated_against_the_plan_simulation(exported):
+    """report.json's int8_plan: the simulation at the pooled features and the logits; each lowering closer to
+    it than it is to float, and against float no more than 3 dB under it."""
+    from spnas.verify import MAX_BELOW_SIMULATION_DB, MIN_POOLED_SQNR_DB
+
+    _, report, _ = exported
+    simulation = report["int8_plan"]["simulation"]
+    assert report["int8_plan"]["passed"]
+    assert MIN_POOLED_SQNR_DB < simulation["pooled_sqnr_db"] < simulation["logit_sqnr_db"]
+    for entry in plan_entries(report).values():
+        assert entry["vs_simulation"]["passed"] and entry["vs_simulation"]["sqnr_db"] > simulation["logit_sqnr_db"]
+        assert entry["gate"]["thresholds"]["min_sqnr_db"] == pytest.approx(
+            simulation["logit_sqnr_db"] - MAX_BELOW_SIMULATION_DB, abs=0.01)
 
 
 def test_pairwise_floor_fails_the_verify_run(exported):
@@ -136,7 +153,7 @@ def test_layer_drift_runs_on_the_simulation_for_every_format(exported, folded, p
     x = normalize(parity_pixels[:2])
     drift = layer_drift(folded, plan, x)
     assert [d["layer"] for d in drift] == [conv.name for conv in folded.layers()]
-    assert all(10.0 < d["sqnr_db"] < 80.0 for d in drift), drift
+    assert all(10.0 < d["sqnr_db"] < 80.0 and 10.0 < d["local_sqnr_db"] < 80.0 for d in drift), drift
     assert drift[-1]["sqnr_db"] == pytest.approx(sqnr_db(folded.forward(x), simulate(folded, plan, x)), abs=1e-6)
 
 

@@ -89,14 +89,13 @@ def test_broken_artifacts_fail(format_name, precision, fault, fixture_model, cal
     assert "FAILED" in result.stdout and f"FAIL {artifact.path.name}:" in result.stdout
 
 
-def test_explain_ranks_int8_layers(exported, tmp_path):
+def test_explain_gives_every_int8_layer(exported, tmp_path):
     result = run([*VERIFY, str(exported / "spnasnet_100_int8.tflite"), "--explain", "--json", str(tmp_path / "p.json")])
     assert result.returncode == 0, result.stderr
     layers = json.loads((tmp_path / "p.json").read_text())["artifacts"][0]["explain"]
-    assert len(layers) == 65 and {"conv_stem", "blocks.3.1.conv_dw", "classifier"} <= {x["layer"] for x in layers}
-    values = [x["sqnr_db"] for x in layers]
-    assert values == sorted(values) and values[0] < values[-1]
-    assert "per-layer int8 drift" in result.stdout
+    assert [x["layer"] for x in layers][0] == "conv_stem" and layers[-1]["layer"] == "classifier" and len(layers) == 65
+    assert all(x["local_sqnr_db"] > 0 and x["sqnr_db"] > 0 for x in layers)
+    assert "int8 loss per layer" in result.stdout and "pooled features" in result.stdout
 
 
 @pytest.mark.parametrize("argv, expect", [

@@ -52,11 +52,22 @@ def run_cli(body: Callable[[], int], debug: bool) -> int:
 def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     """The gate overrides shared by spnas-export and spnas-verify (see ``spnas.verify.thresholds_for``)."""
     parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")
-    parser.add_argument("--min-sqnr-db", type=float, metavar="Y", help="override the SQNR floor (dB)")
+    parser.add_argument("--min-sqnr-db", type=float, metavar="Y",
+                        help="override the SQNR floor (dB); for int8 artifacts that lower the quant plan, a fixed "
+                             "floor instead of the default one relative to the plan's simulation")
     parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")
-    parser.add_argument("--min-int8-agreement-db", type=float, metavar="D",
-                        help="floor of the logit SQNR between any two int8 artifacts that lower one quant plan "
-                             "(default: spnas.verify.MIN_INT8_AGREEMENT_DB, 38)")
+    plan = parser.add_argument_group("int8 plan gates (relative to the same images' int8-vs-float SQNR; "
+                                     "README, \"Parity thresholds\")")
+    plan.add_argument("--min-pooled-sqnr-db", type=float, metavar="P",
+                      help="floor of the plan's simulated SQNR at the pooled features (default 16)")
+    plan.add_argument("--simulation-margin-db", type=float, metavar="M",
+                      help="an artifact's SQNR against the plan's simulation must exceed the simulation's SQNR "
+                           "against float by M dB (default 0)")
+    plan.add_argument("--int8-agreement-margin-db", type=float, metavar="M",
+                      help="two int8 artifacts of one plan must agree to M dB above the better one's SQNR against "
+                           "float (default 0)")
+    plan.add_argument("--min-int8-agreement-db", type=float, metavar="D",
+                      help="a fixed floor for that pairwise SQNR instead (the rule before relative gates: 38)")
 
 
 def add_validation_arguments(parser: argparse.ArgumentParser) -> None:

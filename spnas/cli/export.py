@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_threshold_arguments(parser)
     add_validation_arguments(parser)
     parser.add_argument("--fallback", choices=["off", "auto"], default="off",
-                        help="auto: when the int8 plan's simulation fails the int8 gate, keep the layers that lose "
-                             "the most SQNR in float and re-plan (up to 3 simulated rounds), then export every "
-                             "format from that plan")
+                        help="auto: when the int8 plan's simulation fails its gate (pooled-feature SQNR, top-1, "
+                             "--min-sqnr-db if given), keep the layers that add the most loss in float and re-plan "
+                             "(up to 3 simulated rounds), then export every format from that plan")
     parser.add_argument("--fallback-layers", type=int, default=3, metavar="N",
                         help="layers kept in float per fallback round (default 3)")
     parser.add_argument("--plan", metavar="FILE",
@@ -187,7 +187,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     from spnas.images import split_images
     from spnas.io import artifact_sha256, artifact_size
     from spnas.report import Report, build_report, write_report
-    from spnas.verify import gate_logits, int8_agreement, lowers_plan, thresholds_for
+    from spnas.verify import gate_logits, gate_lowering, int8_agreement, lowers_plan, simulate_plan, thresholds_for
 
     spec = source.spec
     with warnings.catch_warnings(record=True) as more:
@@ -220,10 +220,9 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     options = {k: getattr(args, k) for k in ("uint8_input", "app", "dynamic_batch", "onnx_int8", "fp32",
                                              "image_input", "coreml_int8_mode", "executorch_int8")}
     entries, int8_logits = [], {}
-    fallback_block = None
+    fallback_block, int8_plan, simulated = None, None, None
     if args.fallback == "auto" and plan is None and not weights.is_random:
-        plan, fallback_block = plan_fallback(model, spec, calib.pixels, parity.pixels, reference,
-                                             thresholds_for("int8", args), args.fallback_layers, console)
+        plan, fallback_block = plan_fallback(model, spec, calib.pixels, parity.pixels, args, console)
     for name, module in modules.items():
         ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
                             out_dir=stage, int8=args.int8, fp16=args.fp16, options=options, progress=console.info,
@@ -232,20 +231,26 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
             artifacts = module.export(ctx)
         plan = ctx.quant_plan  # computed by the first format that lowers it, then shared by the others
         for artifact in artifacts:
+            lowering = lowers_plan({"precision": artifact.precision, **artifact.entry, "details": artifact.details})
+            if lowering and int8_plan is None:
+                with console.step(f"simulating the int8 plan on {len(parity)} held-out images"):
+                    int8_plan, simulated = simulate_plan(model, plan, parity.pixels, spec, args)
             with console.step(f"parity of {artifact.path.name} on {len(parity)} held-out images"):
                 logits = module.load(artifact.path).run(parity.pixels)
-                result = gate_logits(logits, reference, artifact.precision, random_weights=weights.is_random,
-                                     thresholds=thresholds_for(artifact.precision, args))
+                result = (gate_lowering(logits, reference, int8_plan["simulation"], simulated, args,
+                                        weights.is_random) if lowering
+                          else gate_logits(logits, reference, artifact.precision, random_weights=weights.is_random,
+                                           thresholds=thresholds_for(artifact.precision, args)))
             entry = {"format": artifact.format, "precision": artifact.precision,
                      "path": str(Path(artifact.path).relative_to(stage)),
                      "size_bytes": artifact_size(artifact.path), "sha256": artifact_sha256(artifact.path),
                      **artifact.entry, **result, "details": artifact.details}
-            if lowers_plan(entry):
+            if lowering:
                 int8_logits[entry["path"]] = logits
                 if fallback_block:
                     entry["fallback"] = fallback_block
             entries.append(entry)
-    agreement = int8_agreement(int8_logits, args.min_int8_agreement_db)
+    agreement = int8_agreement(int8_logits, reference, args.min_int8_agreement_db, args.int8_agreement_margin_db)
     validation = None
     if valset is not None:
         from spnas.validation import validate_entries
@@ -254,7 +259,7 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     report = Report.from_dict(build_report(weights=weights, preprocessing=spec, calibration=calib,
                                            parity_images=parity, artifacts=entries, warnings=messages,
                                            classes=source.classes_report(), overrides=source.overrides,
-                                           validation=validation, int8_agreement=agreement),
+                                           validation=validation, int8_agreement=agreement, int8_plan=int8_plan),
                               exit_code=0 if all(entry["passed"] is not False for entry in entries)
                               and (agreement is None or agreement["passed"]) else 1)
     write_report(report, stage / "report.json")
@@ -263,20 +268,21 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     return report
 
 
-def plan_fallback(model, spec, calib_pixels, parity_pixels, reference, thresholds, layers_per_round, console):
-    """``--fallback auto``: the plan whose simulation passes the int8 gate (``spnas.quantize.fallback``), which
+def plan_fallback(model, spec, calib_pixels, parity_pixels, args, console):
+    """``--fallback auto``: the plan whose simulation passes the plan's gate (``spnas.quantize.fallback``), which
     every format then lowers, and the fallback block of each int8 entry (None: the first plan passed)."""
     from spnas.folding import fold_batchnorm
     from spnas.preprocess import normalize
     from spnas.quantize import PixelBatches, build_plan
     from spnas.quantize.fallback import fallback
+    from spnas.verify import plan_thresholds
 
     folded, reader = fold_batchnorm(model), PixelBatches(calib_pixels, spec)
     with console.step(f"int8 plan on {len(calib_pixels)} images"):
         plan = build_plan(folded, reader, spec, weights_sha256=model.weights_info.sha256)
     with console.step("fallback: simulating the plan against the int8 gate"):
-        return fallback(folded, plan, reader, spec, normalize(parity_pixels, spec), reference, thresholds,
-                        layers_per_round, console.info)
+        return fallback(folded, plan, reader, spec, normalize(parity_pixels, spec), plan_thresholds(args), args,
+                        args.fallback_layers, console.info)
 
 
 def sync_android_assets(stage, entries, assets_dir, spec, class_names, console) -> None:

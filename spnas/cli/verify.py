@@ -22,7 +22,11 @@ examples:
 Without --images, the held-out parity images listed in the report.json beside the artifact
 are used, so the figures equal the ones spnas-export reported. Default thresholds per
 precision: fp32 relative error <= 1e-5; fp16 SQNR >= 40 dB; int8 top-1 agreement >= 0.85
-and SQNR >= 22 dB (see README, "Parity thresholds"). --ai-hub runs the same images on real
+and SQNR >= 22 dB. An int8 artifact that lowers the quant_plan.json beside it is gated relative
+to the plan's simulation on the same images instead: SQNR vs float at most 3 dB under the
+simulation's, closer to the simulation than the simulation is to float, the plan's pooled
+features >= 16 dB, pairs of artifacts closer to each other than to float (README, "Parity
+thresholds"). --ai-hub runs the same images on real
 phones of Qualcomm AI Hub and gates each device's outputs with the same thresholds; a device
 whose job fails exits 2 after the others are reported.
 """
@@ -48,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_validation_arguments(parser)
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="PATH", help="write a Markdown table for a CI comment")
-    parser.add_argument("--explain", action="store_true", help="int8: per-layer SQNR drift, worst first")
+    parser.add_argument("--explain", action="store_true",
+                        help="int8: per-layer loss on the plan's simulation, local (what each layer adds) and "
+                             "accumulated, and the pooled-feature SQNR beside the logits'")
     parser.add_argument("--arm64", action="store_true",
                         help="also run .tflite artifacts on aarch64 LiteRT under qemu emulation")
     parser.add_argument("--cpu", metavar="TIER[,TIER...]",
@@ -160,7 +166,7 @@ def cli_verify(args: argparse.Namespace) -> int:
         for failure in entry["gate"]["failures"]:
             print(f"FAIL {Path(entry['path']).name}: {failure}")
         if "explain" in entry:
-            print_explain(entry)
+            print_explain(entry, report.int8_plan)
     if any("ai_hub" in entry for entry in entries):
         print(device_table(entries))
     check_job_failures(entries)
@@ -192,9 +198,18 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     from spnas.intake import set_pixel_limit
     from spnas.io import artifact_size, atomic_write_text
     from spnas.parity import Thresholds
+    from spnas.quantize import PLAN_FILE
     from spnas.reference import TorchRunner
     from spnas.report import Report
-    from spnas.verify import gate_logits, int8_agreement, lowers_plan, summary_markdown, thresholds_for
+    from spnas.verify import (
+        gate_logits,
+        gate_lowering,
+        int8_agreement,
+        lowers_plan,
+        simulate_plan,
+        summary_markdown,
+        thresholds_for,
+    )
 
     console = Console(args.quiet)
     install_warning_format(console)
@@ -242,20 +257,27 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     folder = artifacts[0].parent  # the report read is the one beside the first artifact
     plan_lowerings = {(folder / entry["path"]).resolve() for entry in (report or {}).get("artifacts", [])
                       if lowers_plan(entry)}
+    int8_plan, simulated = None, None
+    if plan_lowerings & {a.resolve() for a in artifacts} and (folder / PLAN_FILE).is_file():
+        with console.step(f"simulating {PLAN_FILE} on {len(images)} images"):
+            int8_plan, simulated = simulate_plan(model, checked_plan(folder / PLAN_FILE, model), images.pixels, spec,
+                                                 args)
     for artifact in artifacts:
         with console.step(f"parity of {artifact.name} on {len(images)} images"):
             runner = runners[artifact]
             check_compatible(runner, artifact, model, reference)
             logits = runner.run(images.pixels)
+            lowering = int8_plan is not None and artifact.resolve() in plan_lowerings
+            result = (gate_lowering(logits, reference, int8_plan["simulation"], simulated, args, random_weights)
+                      if lowering else gate_logits(logits, reference, runner.precision, random_weights=random_weights,
+                                                   thresholds=thresholds_for(runner.precision, args)))
             entry = {"format": runner.format, "precision": runner.precision, "path": str(artifact),
-                     "size_bytes": artifact_size(artifact),
-                     **gate_logits(logits, reference, runner.precision, random_weights=random_weights,
-                                   thresholds=thresholds_for(runner.precision, args))}
+                     "size_bytes": artifact_size(artifact), **result}
+            if artifact.resolve() in plan_lowerings:
+                int8_logits[str(artifact)] = logits
         if warning := runner.cpu_warning():
             console.warn(f"{artifact.name}: {warning}")
             entry["cpu_warning"] = warning
-            if artifact.resolve() in plan_lowerings:
-                int8_logits[str(artifact)] = logits
         if args.explain and runner.precision == "int8":
             entry["explain"] = explain(artifact, images.pixels, model, spec, console)
         if args.arm64:
@@ -280,13 +302,14 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     if tiers:
         cpu_tiers(args, tiers, artifacts, images.pixels, reference, model, spec, plan_lowerings, random_weights,
                   entries, console)
-    agreement = int8_agreement(int8_logits, args.min_int8_agreement_db)
+    agreement = int8_agreement(int8_logits, reference, args.min_int8_agreement_db, args.int8_agreement_margin_db)
     validation = None
     if args.val:
         validation = verify_accuracy(args, report, checkpoint, spec, model, entries, console)
     result = Report.from_dict({"spnas_version": __version__, "weights": model.weights_info.to_dict(),
                                "images": {"n_images": len(images), "source": str(images.root)},
-                               "validation": validation, "artifacts": entries, "int8_agreement": agreement},
+                               "validation": validation, "artifacts": entries, "int8_plan": int8_plan,
+                               "int8_agreement": agreement},
                               kind="verify", exit_code=0 if all(entry["passed"] is not False for entry in entries)
                               and (agreement is None or agreement["passed"]) else 1)
     if args.json:
@@ -371,36 +394,53 @@ def device_table(entries: list[dict]) -> str:
          "gate"], rows)
 
 
+def checked_plan(path, model):
+    """The ``quant_plan.json`` at ``path``, refused in one line unless it was made for ``model``'s weights."""
+    from spnas.folding import fold_batchnorm
+    from spnas.quantize import load_plan
+
+    plan = load_plan(path)
+    plan.check(fold_batchnorm(model), model.weights_info.sha256)
+    return plan
+
+
 def explain(artifact, pixels, model, spec, console) -> list[dict]:
-    """Per-layer int8 drift of the plan the artifact lowers (the ``quant_plan.json`` beside it), worst first:
-    the torch int8 simulation that every format's runtime follows (``spnas.quantize.drift``)."""
+    """Per-layer int8 loss of the plan the artifact lowers (the ``quant_plan.json`` beside it), in graph order:
+    accumulated and local SQNR on the torch int8 simulation that every format's runtime follows
+    (``spnas.quantize.drift``)."""
     from pathlib import Path
 
     from spnas.errors import SpnasError
     from spnas.folding import fold_batchnorm
     from spnas.preprocess import normalize
-    from spnas.quantize import PLAN_FILE, load_plan
+    from spnas.quantize import PLAN_FILE
     from spnas.quantize.drift import layer_drift
 
     plan_path = Path(artifact).parent / PLAN_FILE
     if not plan_path.is_file():
         raise SpnasError(f"--explain needs the {PLAN_FILE} that the export wrote beside {artifact}")
-    plan = load_plan(plan_path)
-    folded = fold_batchnorm(model)
-    plan.check(folded, model.weights_info.sha256)
-    with console.step(f"per-layer drift of {plan_path} (int8 simulation)"):
-        layers = layer_drift(folded, plan, normalize(pixels[:8], spec))
-    return sorted(layers, key=lambda layer: layer["sqnr_db"])
+    plan = checked_plan(plan_path, model)
+    with console.step(f"per-layer loss of {plan_path} (int8 simulation)"):
+        return layer_drift(fold_batchnorm(model), plan, normalize(pixels[:8], spec))
 
 
-def print_explain(entry: dict, worst: int = 10) -> None:
+def print_explain(entry: dict, plan: dict | None, worst: int = 10) -> None:
+    """The layers that add the most loss (lowest local SQNR), with the loss accumulated up to each, and the
+    plan's simulated SQNR at the pooled features beside the logits."""
     from pathlib import Path
 
     from spnas.console import format_table
 
-    print(f"\nper-layer int8 drift of {Path(entry['path']).name} (worst {worst} of {len(entry['explain'])}):")
-    rows = [[layer["layer"], f"{layer['sqnr_db']:.1f}"] for layer in entry["explain"][:worst]]
-    print(format_table(["layer", "SQNR dB"], rows))
+    layers = entry["explain"]
+    print(f"\nint8 loss per layer of {Path(entry['path']).name} on the plan's simulation (the {worst} of "
+          f"{len(layers)} that add the most; local: the layer alone on float input, accumulated: up to its output):")
+    rows = [[layer["layer"], f"{layer['local_sqnr_db']:.1f}", f"{layer['sqnr_db']:.1f}"]
+            for layer in sorted(layers, key=lambda layer: layer["local_sqnr_db"])[:worst]]
+    print(format_table(["layer", "local SQNR dB", "accumulated SQNR dB"], rows))
+    if plan is not None:
+        simulation = plan["simulation"]
+        print(f"simulated SQNR at the pooled features {simulation['pooled_sqnr_db']:.1f} dB, at the logits "
+              f"{simulation['logit_sqnr_db']:.1f} dB")
 
 
 def cpu_tiers(args, tiers, artifacts, pixels, reference, model, spec, plan_lowerings, random_weights, entries,

@@ -15,9 +15,10 @@ no exporter has numerics of its own.  The whole pipeline is ``build_plan``::
 All of it walks the net through ``FoldedNet.walk``, the one description of the block order
 that the TF graph builder and the CoreML program builder also use.  Around the plan:
 
-- ``drift.layer_drift(folded, plan, x)``: per-layer SQNR of the simulation against float
-  (``spnas-verify --explain``), the same for every format;
-- ``fallback.fallback(...)``: ``--fallback auto``, float layers chosen on the simulation;
+- ``drift.body_sqnr(folded, plan, x)``: the simulation's SQNR against float at the pooled features and
+  the logits (``report.json``'s ``int8_plan``); ``drift.layer_drift``: per layer, the SQNR accumulated up
+  to it and the local SQNR it adds (``spnas-verify --explain``), the same for every format;
+- ``fallback.fallback(...)``: ``--fallback auto``, float layers chosen by the loss they add;
 - ``plan_to_lower(ctx, fmt)``: what a format's int8 export starts from (the shared plan,
   ``quant_plan.json`` written, the report's ``quantization`` block).
 

@@ -5,12 +5,16 @@ lower the final plan once.
 A round costs one simulated pass over the parity images, not a re-export: the simulation is
 what the runtimes compute (within 1 dB, ``tests/test_quantize.py``), so the choice holds for
 TFLite, ONNX and CoreML alike, and each artifact is still gated on its own runtime afterwards.
-Layers are ranked from ``drift.layer_drift`` (accumulated SQNR of each conv / FC output, graph
-order) by how much SQNR drops from the layer before: a layer that merely inherits upstream error
-is not worth keeping in float, the one that adds it is.  The first layer's drop is counted from
-the best an 8-bit input can be (``INPUT_SQNR_DB``).  A few layers are added per round, for at
-most ``MAX_ROUNDS`` rounds; each round keeps the plan's ranges and re-corrects the biases for
-the float layers.  If no round passes, the round with the best simulated SQNR is kept.
+The plan's gate is the one its lowerings answer to (``spnas.verify.plan_failures`` and
+``plan_thresholds``): pooled-feature SQNR, top-1, and a logit SQNR floor when ``--min-sqnr-db``
+sets one.  Layers are ranked by the loss each one *adds*, its local SQNR (``drift.layer_drift``:
+the layer alone in int8 on the float net's input to it), lowest first: a layer that merely
+inherits upstream error is not worth keeping in float, the one that adds it is.  A few layers
+are added per round, for at most ``MAX_ROUNDS`` rounds; each round keeps the plan's ranges and
+re-corrects the biases for the float layers.  If no round passes, the round with the best
+simulated logit SQNR is kept, and when no round gains ``HELPS_DB`` at the logits or the pooled
+features, one line says that float layers do not help this plan (its loss is spread through the
+body, not in a few layers).
 
 Keeping one layer in float removes its weight rounding, not the int8 rounding of its output
 (the next int8 layer still needs it quantized), so single layers gain little (+0.9 dB at best on
@@ -24,45 +28,46 @@ import numpy as np
 from spnas.folding import FoldedNet
 from spnas.preprocess import PreprocessSpec
 from spnas.quantize.calibration import CalibrationReader
-from spnas.quantize.drift import layer_drift
+from spnas.quantize.drift import body_sqnr, layer_drift
 from spnas.quantize.plan import QuantPlan
-from spnas.quantize.simulate import simulate
 
 MAX_ROUNDS = 3
-INPUT_SQNR_DB = 6.02 * 8 + 1.76  # SQNR of a full-scale signal quantized to 8 bits
 DRIFT_IMAGES = 8
-HOW = "float layers chosen on the torch int8 simulation of the plan (one simulated pass per round), then lowered once"
+HELPS_DB = 0.5  # a fallback that gains less than this at the logits and the pooled features did not help
+HOW = ("float layers chosen by the loss each adds (local SQNR) on the torch int8 simulation of the plan "
+       "(one simulated pass per round), then lowered once")
 
 
 def worst_layers(drift: list[dict], kept: list[str], count: int) -> list[str]:
-    """The ``count`` layers not in ``kept`` with the largest SQNR drop from the previous layer, worst first."""
-    drops = []
-    previous = INPUT_SQNR_DB
-    for layer in drift:
-        drop = previous - layer["sqnr_db"]
-        previous = layer["sqnr_db"]
-        if layer["layer"] not in kept and np.isfinite(drop):
-            drops.append((drop, layer["layer"]))
-    return [name for _, name in sorted(drops, key=lambda item: -item[0])[:count]]
+    """The ``count`` layers not in ``kept`` that add the most loss (lowest local SQNR), worst first."""
+    ranked = sorted((layer["local_sqnr_db"], layer["layer"]) for layer in drift
+                    if layer["layer"] not in kept and np.isfinite(layer["local_sqnr_db"]))
+    return [name for _, name in ranked[:count]]
 
 
-def simulated_gate(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray, reference: np.ndarray, thresholds) -> dict:
-    """The plan's simulated logits gated as ``spnas.verify.evaluate`` gates an int8 runtime's."""
-    from spnas.verify import gate_logits
+def simulated_gate(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray, thresholds, overrides) -> dict:
+    """The plan's simulation against float, gated as its lowerings' plan is (``spnas.verify.plan_failures``)."""
+    from spnas.verify import plan_failures
 
-    return gate_logits(simulate(folded, plan, x_nchw), reference, "int8", thresholds=thresholds)
+    simulation, _ = body_sqnr(folded, plan, x_nchw)
+    failures = thresholds.failures({"sqnr_db": simulation["logit_sqnr_db"], **simulation}) + plan_failures(
+        simulation, overrides)
+    return {"parity": {"sqnr_db": simulation["logit_sqnr_db"], "pooled_sqnr_db": simulation["pooled_sqnr_db"],
+                       "top1_agreement": simulation["top1_agreement"]},
+            "gate": {"status": "failed" if failures else "passed", "failures": failures}, "passed": not failures}
 
 
 def fallback(folded: FoldedNet, plan: QuantPlan, reader: CalibrationReader, spec: PreprocessSpec,
-             x_nchw: np.ndarray, reference: np.ndarray, thresholds, layers_per_round: int = 3,
+             x_nchw: np.ndarray, thresholds, overrides=None, layers_per_round: int = 3,
              progress=print) -> tuple[QuantPlan, dict | None]:
     """The plan to lower, and the report's ``fallback`` block (None: the plan passed as it was).
 
-    ``x_nchw``: the normalised parity images; ``reference``: their float logits.
+    ``x_nchw``: the normalised parity images; ``thresholds``: ``spnas.verify.plan_thresholds``;
+    ``overrides``: the CLI flags (``--min-pooled-sqnr-db``).
     """
     from spnas.quantize import build_plan
 
-    first = simulated_gate(folded, plan, x_nchw, reference, thresholds)
+    first = simulated_gate(folded, plan, x_nchw, thresholds, overrides)
     if first["passed"]:
         return plan, None
     ranges = {name: grid.range for name, grid in plan.tensors.items()}
@@ -76,17 +81,23 @@ def fallback(folded: FoldedNet, plan: QuantPlan, reader: CalibrationReader, spec
         kept += added
         current = build_plan(folded, reader, spec, float_layers=kept, weights_sha256=plan.weights_sha256,
                              ranges=ranges, bias_correction=plan.method.get("bias_correction", True), **options)
-        result = simulated_gate(folded, current, x_nchw, reference, thresholds)
+        result = simulated_gate(folded, current, x_nchw, thresholds, overrides)
         parity = result["parity"]
-        rounds.append({"round": number, "added": added, "sqnr_db": parity["sqnr_db"],
-                       "top1_agreement": parity["top1_agreement"], "passed": result["passed"]})
-        progress(f"fallback round {number}: float {', '.join(added)} -> simulated SQNR {parity['sqnr_db']:.1f} dB, "
-                 f"top-1 {parity['top1_agreement']:.3f}, {'PASSED' if result['passed'] else 'FAILED'}")
+        rounds.append({"round": number, "added": added, **parity, "passed": result["passed"]})
+        progress(f"fallback round {number}: float {', '.join(added)} -> simulated SQNR {parity['sqnr_db']:.1f} dB "
+                 f"(pooled {parity['pooled_sqnr_db']:.1f}), top-1 {parity['top1_agreement']:.3f}, "
+                 f"{'PASSED' if result['passed'] else 'FAILED'}")
         if result["passed"] or parity["sqnr_db"] > best_result["parity"]["sqnr_db"]:
             best, best_result = current, result
         if result["passed"]:
             break
-    block = {"how": HOW, "rounds": rounds, "float_layers": list(best.float_layers),
-             "first_attempt_simulated": {"parity": first["parity"], "gate": first["gate"]},
-             "final_simulated": {"parity": best_result["parity"], "gate": best_result["gate"]}}
+    gains = [best_result["parity"][key] - first["parity"][key] for key in ("sqnr_db", "pooled_sqnr_db")]
+    helped = best_result["passed"] or max(gains) >= HELPS_DB
+    block = {"how": HOW, "rounds": rounds, "float_layers": list(best.float_layers), "helped": bool(helped),
+             "first_attempt_simulated": first, "final_simulated": best_result}
+    if not helped:
+        block["note"] = (f"no float layer helps: {len(kept) - len(plan.float_layers)} layers kept in float gained "
+                         f"{gains[0]:+.1f} dB at the logits, {gains[1]:+.1f} dB at the pooled features; the loss is "
+                         "spread through the body (spnas-verify --explain)")
+        progress(f"fallback: {block['note']}")
     return best, block
