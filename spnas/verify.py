@@ -136,6 +136,10 @@ def print_results(report) -> list[dict]:
         print(accuracy_table(report.validation, entries))
     if report.int8_agreement is not None:
         print(agreement_table(report.int8_agreement))
+    if any(entry.get("accelerators") for entry in entries):
+        from spnas.accelerators import verdict_table
+
+        print(verdict_table(entries))
     return entries
 
 
