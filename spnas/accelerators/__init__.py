@@ -18,6 +18,7 @@ runs are that check).  Each checker module imports its runtime lazily.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 # One word per accelerator for the tables: every op in one partition; most ops in at most two
@@ -49,6 +50,17 @@ def unchecked(checker: str, reason: str) -> dict:
 
 
 ACCELERATED_FORMATS = ("tflite", "onnx", "executorch")  # the formats whose report entries carry ``accelerators``
+
+
+class LogLines(logging.Handler):
+    """Keeps a checker's log records as lines: its own words for ``messages``."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.extend(line.strip() for line in record.getMessage().splitlines() if line.strip())
 
 
 def check(path: str | Path, fmt: str) -> dict | None:

@@ -15,7 +15,7 @@ import logging
 import warnings
 from importlib.metadata import version
 
-from spnas.accelerators import entry, unchecked
+from spnas.accelerators import LogLines, entry, unchecked
 
 # Nodes that are graph plumbing, not operators a delegate runs.
 GLUE_OPS = ("getitem", "executorch_call_delegate")
@@ -32,15 +32,6 @@ def xnnpack_entry(delegation: dict) -> dict:
              f"subgraph(s), {outside} outside (executorch.devtools.backend_debug.get_delegation_info)"]
     return entry(f"executorch {version('executorch')} XnnpackPartitioner", delegation["delegated_ops"] + outside,
                  delegation["delegated_ops"], delegation["delegated_subgraphs"], unsupported, words)
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage().strip())
 
 
 def partition_entries(exported) -> dict:
@@ -67,7 +58,7 @@ def _partition_entries(exported) -> dict:
         except ImportError as exc:
             results[name] = unchecked(checker, f"cannot import {module}: {exc}")
             continue
-        records, root = _Records(), logging.getLogger()
+        records, root = LogLines(), logging.getLogger()
         root.addHandler(records)
         try:
             tagged = partitioner.partition(copy.deepcopy(program)).tagged_exported_program

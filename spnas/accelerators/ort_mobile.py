@@ -14,22 +14,13 @@ import logging
 import tempfile
 from pathlib import Path
 
-from spnas.accelerators import entry
+from spnas.accelerators import LogLines, entry
 
 # accelerator -> (EP name in the checker's words, the EP's supported-op list beside the checker)
 EPS = {"nnapi": ("NNAPI", None),
        "coreml_neuralnetwork": ("CoreML NeuralNetwork", "coreml_supported_neuralnetwork_ops.md"),
        "coreml_mlprogram": ("CoreML MLProgram", "coreml_supported_mlprogram_ops.md")}
 CORE_ML_MAX_RANK = 5  # the rank limit the checker applies to Core ML
-
-
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.extend(line.strip() for line in record.getMessage().splitlines() if line.strip())
 
 
 def check_ort_mobile(path: str | Path) -> dict:
@@ -50,7 +41,7 @@ def check_ort_mobile(path: str | Path) -> dict:
     for name, (ep_name, op_list) in EPS.items():
         info = (usability.check_nnapi_partitions(model, True) if op_list is None
                 else usability.check_coreml_partitions(model, True, op_list))
-        logger, handler = logging.getLogger(f"spnas.accelerators.{name}"), _Lines()
+        logger, handler = logging.getLogger(f"spnas.accelerators.{name}"), LogLines()
         logger.propagate, logger.level = False, logging.INFO
         logger.addHandler(handler)
         try:
