@@ -6,7 +6,9 @@ ExecuTorch's ``get_delegation_info``).  Vulkan (Android GPU) and Core ML (Apple 
 Engine) are asked the same question on the same graph before lowering: which nodes would you
 take, in how many partitions.  Their skip reasons (Vulkan logs one per refused node) are kept.
 Each costs a ``to_edge`` of the graph and a partition pass, so the export runs them only with
-``--pte-partitioners``.
+``--pte-partitioners``.  The others cannot run here: Qualcomm's QNN partitioner asks the QNN SDK's
+libraries (a separate licensed install) about each op, MPS needs macOS, and the Arm, MediaTek,
+Samsung and OpenVINO partitioners import their vendor toolchains.
 """
 
 from __future__ import annotations
