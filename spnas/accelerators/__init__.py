@@ -18,6 +18,7 @@ runs are that check).  Each checker module imports its runtime lazily.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -61,6 +62,20 @@ class LogLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.extend(line.strip() for line in record.getMessage().splitlines() if line.strip())
+
+
+@contextlib.contextmanager
+def log_lines(logger: logging.Logger):
+    """The lines ``logger`` receives inside the block; the CLI's ``logging.disable`` (``spnas.console``) is
+    lifted meanwhile, so a checker that speaks through logging is heard by us, not printed."""
+    handler, disabled = LogLines(), logging.root.manager.disable
+    logger.addHandler(handler)
+    logging.disable(logging.NOTSET)
+    try:
+        yield handler.lines
+    finally:
+        logging.disable(disabled)
+        logger.removeHandler(handler)
 
 
 def check(path: str | Path, fmt: str) -> dict | None:

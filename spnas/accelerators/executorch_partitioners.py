@@ -17,10 +17,11 @@ import logging
 import warnings
 from importlib.metadata import version
 
-from spnas.accelerators import LogLines, entry, unchecked
+from spnas.accelerators import entry, log_lines, unchecked
 
 # Nodes that are graph plumbing, not operators a delegate runs.
 GLUE_OPS = ("getitem", "executorch_call_delegate")
+MESSAGES = 20  # the partitioner's last log lines kept (Vulkan logs one per refused node; reasons are per op too)
 PARTITIONERS = {"vulkan": ("executorch.backends.vulkan.partitioner.vulkan_partitioner", "VulkanPartitioner"),
                 "coreml": ("executorch.backends.apple.coreml.partition", "CoreMLPartitioner")}
 
@@ -60,22 +61,18 @@ def _partition_entries(exported) -> dict:
         except ImportError as exc:
             results[name] = unchecked(checker, f"cannot import {module}: {exc}")
             continue
-        records, root = LogLines(), logging.getLogger()
-        root.addHandler(records)
-        try:
+        with log_lines(logging.getLogger()) as lines:
             tagged = partitioner.partition(copy.deepcopy(program)).tagged_exported_program
-        finally:
-            root.removeHandler(records)
         tags = {node.name: node.meta.get("delegation_tag") for node in tagged.graph.nodes}
         refused = [node for node in operators if not tags.get(node.name)]
         reasons = {}
         for node in refused:
-            reasons.setdefault(str(node.target), _reason(records.lines, node.name))
+            reasons.setdefault(str(node.target), _reason(lines, node.name))
         unsupported = [{"op": op, "nodes": sum(str(n.target) == op for n in refused), "reason": reason}
                        for op, reason in sorted(reasons.items())]
         partitions = len({tag for tag in tags.values() if tag})
         results[name] = entry(checker, len(operators), len(operators) - len(refused), partitions, unsupported,
-                              [line for line in records.lines if cls.removesuffix("Partitioner") in line][-20:])
+                              lines[-MESSAGES:])
     return results
 
 

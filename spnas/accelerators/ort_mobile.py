@@ -14,7 +14,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from spnas.accelerators import LogLines, entry
+from spnas.accelerators import entry, log_lines
 
 # accelerator -> (EP name in the checker's words, the EP's supported-op list beside the checker)
 EPS = {"nnapi": ("NNAPI", None),
@@ -41,20 +41,18 @@ def check_ort_mobile(path: str | Path) -> dict:
     for name, (ep_name, op_list) in EPS.items():
         info = (usability.check_nnapi_partitions(model, True) if op_list is None
                 else usability.check_coreml_partitions(model, True, op_list))
-        logger, handler = logging.getLogger(f"spnas.accelerators.{name}"), LogLines()
-        logger.propagate, logger.level = False, logging.INFO
-        logger.addHandler(handler)
-        try:
+        logger = logging.getLogger(f"spnas.accelerators.{name}")
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        with log_lines(logger) as lines:
             info.print_analysis(logger, ep_name)
             logger.info(f"Model should perform well with {ep_name} as is: {info.suitability().name}")
-        finally:
-            logger.removeHandler(handler)
         unsupported = [{"op": op, "nodes": counts.get(op, 0), "reason": f"not in ORT's {ep_name} EP op list"}
                        for op in sorted(info.unsupported_ops)]
         unsupported += [{"op": op, "nodes": counts.get(op, 0), "reason": f"input rank above {CORE_ML_MAX_RANK}"}
                         for op in sorted(info.ops_with_unsupported_rank)]
         results[name] = entry(f"onnxruntime {onnxruntime.__version__} check_onnx_model_mobile_usability ({ep_name})",
                               info.num_nodes, info.num_supported_nodes, info.num_partitions, unsupported,
-                              handler.lines, partition_sizes=[len(group) for group in info.supported_groups],
+                              lines, partition_sizes=[len(group) for group in info.supported_groups],
                               suitability=info.suitability().name)
     return results
