@@ -263,6 +263,10 @@ def print_results(report) -> list[dict]:
         print(plan_table(report.int8_plan, entries))
     if report.int8_agreement is not None:
         print(agreement_table(report.int8_agreement))
+    if any(entry.get("accelerators") for entry in entries):
+        from spnas.accelerators import verdict_table
+
+        print(verdict_table(entries))
     return entries
 
 

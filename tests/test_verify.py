@@ -45,8 +45,9 @@ def test_good_artifacts_of_every_format_pass(verified):
     result, folder = verified
     assert result.returncode == 0, result.stdout + result.stderr
     entries = json.loads((folder / "parity.json").read_text())["artifacts"]
-    expected = [("coreml", "fp16"), ("coreml", "int8"), ("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
-                ("tflite", "int8"), ("tflite", "fp32"), ("tflite", "int8")]  # plain and --app mediapipe
+    expected = [("coreml", "fp16"), ("coreml", "int8"), ("onnx", "fp32"), ("onnx", "fp32"), ("onnx", "int8"),
+                ("tflite", "fp32"), ("tflite", "int8"), ("tflite", "fp32"),
+                ("tflite", "int8")]  # ONNX plain and --coreml-ep, TFLite plain and --app mediapipe
     if EXECUTORCH_INSTALLED:
         expected += [("executorch", "fp32"), ("executorch", "int8")]
     assert sorted((e["format"], e["precision"]) for e in entries) == sorted(expected)
@@ -64,6 +65,8 @@ def test_report_and_verify_json_agree(verified, exported):
         reported = report[Path(entry["path"]).name]
         assert entry["parity"] == reported["parity"]
         assert entry["passed"] == reported["passed"]
+        assert entry.get("accelerators") == reported.get("accelerators")  # the export's checks of this very file
+    assert "accelerators (static checks" in verified[0].stdout
 
 
 # One real export per fault, spread over the formats; each must fail the default gate (exit 1). The int8
@@ -90,12 +93,44 @@ def test_broken_artifacts_fail(format_name, precision, fault, fixture_model, cal
 
 
 def test_explain_gives_every_int8_layer(exported, tmp_path):
-    result = run([*VERIFY, str(exported / "spnasnet_100_int8.tflite"), "--explain", "--json", str(tmp_path / "p.json")])
+    artifact = exported / "spnasnet_100_int8.tflite"
+    result = run([*VERIFY, str(artifact), "--explain", "--json", str(tmp_path / "p.json"),
+                  "--node-data", str(tmp_path / "drift.json")])
     assert result.returncode == 0, result.stderr
     layers = json.loads((tmp_path / "p.json").read_text())["artifacts"][0]["explain"]
     assert [x["layer"] for x in layers][0] == "conv_stem" and layers[-1]["layer"] == "classifier" and len(layers) == 65
     assert all(x["local_sqnr_db"] > 0 and x["sqnr_db"] > 0 for x in layers)
     assert "int8 loss per layer" in result.stdout and "pooled features" in result.stdout
+    for path, field in [(tmp_path / "drift.json", "sqnr_db"), (tmp_path / "drift.local_sqnr_db.json", "local_sqnr_db")]:
+        node_data = model_explorer_node_data(path)
+        assert sorted(r.value for r in node_data.results.values()) == sorted(x[field] for x in layers)
+        assert set(node_data.results) <= model_explorer_tflite_tensor_names(artifact)  # the overlay lands on the graph
+    from spnas.node_data import write_node_data
+
+    written = write_node_data(tmp_path / "onnx.json", exported / "spnasnet_100_int8.onnx", "onnx", layers)
+    assert [p.name for p in written] == ["onnx.json", "onnx.local_sqnr_db.json"]
+    import onnx
+
+    nodes = {n.name for n in onnx.load(str(exported / "spnasnet_100_int8.onnx")).graph.node}
+    for path in written:
+        assert set(model_explorer_node_data(path).results) == {x["layer"] for x in layers} <= nodes
+
+
+def model_explorer_node_data(path: Path):
+    """The file read into Model Explorer's own ``GraphNodeData`` (strict: an unknown field fails)."""
+    import dacite
+    from model_explorer.node_data_builder import GraphNodeData
+
+    return dacite.from_dict(GraphNodeData, json.loads(path.read_text()), config=dacite.Config(strict=True))
+
+
+def model_explorer_tflite_tensor_names(artifact: Path) -> set[str]:
+    """The output tensor names Model Explorer's TFLite adapter shows on the graph's nodes (node data keys)."""
+    from model_explorer.builtin_tflite_flatbuffer_adapter import BuiltinTfliteFlatbufferAdapter
+
+    graph = BuiltinTfliteFlatbufferAdapter().convert(str(artifact), {})["graphCollections"][0].graphs[0]
+    return {attr["value"] for node in graph["nodes"] for output in node.get("outputsMetadata", [])
+            for attr in output["attrs"] if attr["key"] == "tensor_name"}
 
 
 @pytest.mark.parametrize("argv, expect", [
@@ -103,6 +138,8 @@ def test_explain_gives_every_int8_layer(exported, tmp_path):
     (["model.onnx", "--no-such-flag"], "unrecognized arguments"),
     (["missing.tflite"], "no such artifact"),
     (["notes.txt"], "unknown artifact type"),
+    (["model.onnx", "--node-data", "drift.json"], "--node-data goes with --explain"),
+    (["model.onnx", "model.onnx", "--explain", "--node-data", "drift.json"], "writes the overlay of one artifact"),
 ])
 def test_usage_and_input_errors_exit_2(tmp_path, argv, expect):
     (tmp_path / "notes.txt").write_text("not a model")

@@ -73,12 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     tflite.add_argument("--app", choices=["mediapipe"],
                         help="also write spnasnet_100_{fp32,int8}_mediapipe.tflite, which MediaPipe Tasks' "
                              "ImageClassifier loads as is (uint8 RGB in, softmax probabilities out, labels)")
+    executorch = parser.add_argument_group("ExecuTorch")
+    executorch.add_argument("--pte-partitioners", action="store_true",
+                            help="also ask ExecuTorch's Vulkan and Core ML partitioners which ops of each .pte's "
+                                 "graph they would take (report.json accelerators; costs a to_edge per artifact)")
     onnx = parser.add_argument_group("ONNX")
     onnx.add_argument("--dynamic-batch", action="store_true", help="dynamic batch dimension")
     onnx.add_argument("--onnx-int8", choices=["portable", "u8s8"], default="portable",
                       help="int8 weight encoding (same plan, same integers): portable (default) computes the plan "
                            "on every CPU; u8s8 is about 1.7x faster on x86 with VNNI but saturates without VNNI "
                            "(README, 'ONNX int8 on every CPU')")
+    onnx.add_argument("--coreml-ep", action="store_true",
+                      help="also write spnasnet_100_fp32_coreml_ep.onnx, which ONNX Runtime's Core ML execution "
+                           "provider takes whole in both its model formats (the int8 QDQ model falls off it)")
     coreml = parser.add_argument_group("CoreML")
     coreml.add_argument("--fp32", action="store_true", help="float32 mlprogram instead of the float16 default")
     coreml.add_argument("--image-input", action="store_true",
@@ -102,6 +109,9 @@ def usage_problem(args: argparse.Namespace) -> str | None:
               (args.android_assets and args.format not in ("tflite", "all"),
                "--android-assets needs --format tflite or all"),
               (args.app and args.format not in ("tflite", "all"), "--app needs --format tflite or all"),
+              (args.coreml_ep and args.format not in ("onnx", "all"), "--coreml-ep needs --format onnx or all"),
+              (args.pte_partitioners and args.format not in ("executorch", "all"),
+               "--pte-partitioners needs --format executorch or all"),
               (args.fallback == "auto" and not args.int8, "--fallback auto needs --int8"),
               (args.plan and not args.int8, "--plan needs --int8"),
               (args.fallback_layers < 1, "--fallback-layers must be at least 1"))
@@ -183,6 +193,8 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
     import warnings
 
     from spnas import create_model
+    from spnas.accelerators import ACCELERATED_FORMATS
+    from spnas.accelerators import check as check_accelerators
     from spnas.export import ExportContext
     from spnas.images import split_images
     from spnas.io import artifact_sha256, artifact_size
@@ -218,7 +230,8 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
 
     reference = TorchRunner(model, spec).run(parity.pixels)
     options = {k: getattr(args, k) for k in ("uint8_input", "app", "dynamic_batch", "onnx_int8", "fp32",
-                                             "image_input", "coreml_int8_mode", "executorch_int8")}
+                                             "image_input", "coreml_int8_mode", "executorch_int8",
+                                             "pte_partitioners", "coreml_ep")}
     entries, int8_logits = [], {}
     fallback_block, int8_plan, simulated = None, None, None
     if args.fallback == "auto" and plan is None and not weights.is_random:
@@ -245,6 +258,9 @@ def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, s
                      "path": str(Path(artifact.path).relative_to(stage)),
                      "size_bytes": artifact_size(artifact.path), "sha256": artifact_sha256(artifact.path),
                      **artifact.entry, **result, "details": artifact.details}
+            if artifact.format in ACCELERATED_FORMATS and "accelerators" not in entry:
+                with console.step(f"accelerator checks of {artifact.path.name}"):
+                    entry["accelerators"] = check_accelerators(artifact.path, artifact.format)
             if lowering:
                 int8_logits[entry["path"]] = logits
                 if fallback_block:

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", action="store_true",
                         help="int8: per-layer loss on the plan's simulation, local (what each layer adds) and "
                              "accumulated, and the pooled-feature SQNR beside the logits'")
+    parser.add_argument("--node-data", metavar="FILE",
+                        help="with --explain and one int8 .tflite or .onnx: write the drift as Model Explorer node "
+                             "data keyed by the artifact's node names (other per-layer figures to FILE.FIELD.json)")
     parser.add_argument("--arm64", action="store_true",
                         help="also run .tflite artifacts on aarch64 LiteRT under qemu emulation")
     parser.add_argument("--cpu", metavar="TIER[,TIER...]",
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if misused := ai_hub_misuse(args):
         parser.error(f"{misused} goes with --ai-hub")
+    if args.node_data and not args.explain:
+        parser.error("--node-data goes with --explain")
     from spnas.cli import run_cli
 
     return run_cli(lambda: cli_verify(args), args.debug)
@@ -191,6 +196,7 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     import warnings
     from pathlib import Path
 
+    from spnas.accelerators import ACCELERATED_FORMATS
     from spnas.artifact_intake import probe, require_spnas_metadata, unprobed
     from spnas.console import Console, install_warning_format
     from spnas.errors import SpnasError
@@ -228,6 +234,8 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
         raise SpnasError("--cpu-images must be at least 1")
     if tiers and not all(format_of(a) in ("tflite", "onnx", "executorch") for a in artifacts):
         raise SpnasError("--cpu runs .tflite, .onnx and .pte artifacts")
+    if args.node_data and (len(artifacts) != 1 or format_of(artifacts[0]) not in ("tflite", "onnx")):
+        raise SpnasError("--node-data writes the overlay of one artifact: give one int8 .tflite or .onnx")
     from spnas.cli import ai_hub_devices
 
     devices = ai_hub_devices(args)
@@ -239,6 +247,8 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     for artifact in artifacts:  # before any image or reference work, so a bad artifact fails at once
         runners[artifact] = load_runner(artifact)
         require_spnas_metadata(runners[artifact], artifact)
+        if args.node_data and runners[artifact].precision != "int8":
+            raise SpnasError(f"--node-data: {artifact} is {runners[artifact].precision}; the drift overlay is int8's")
     with console.step("loading reference weights"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         checkpoint = reference_checkpoint(args, report)
@@ -278,8 +288,16 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
         if warning := runner.cpu_warning():
             console.warn(f"{artifact.name}: {warning}")
             entry["cpu_warning"] = warning
+        if runner.format in ACCELERATED_FORMATS:
+            with console.step(f"accelerator checks of {artifact.name}"):
+                entry["accelerators"] = accelerators_of(artifact, runner.format, report)
         if args.explain and runner.precision == "int8":
             entry["explain"] = explain(artifact, images.pixels, model, spec, console)
+            if args.node_data:
+                from spnas.node_data import write_node_data
+
+                entry["node_data"] = [str(p) for p in write_node_data(args.node_data, artifact, runner.format,
+                                                                       entry["explain"])]
         if args.arm64:
             gate = Thresholds() if random_weights and runner.precision == "int8" else thresholds_for(runner.precision,
                                                                                                        args)
@@ -319,6 +337,23 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
     if raise_job_failures:
         check_job_failures(entries)
     return result
+
+
+def accelerators_of(artifact, fmt: str, report) -> dict:
+    """The export's accelerator checks when report.json holds this very file (same sha256), else the checkers
+    that read the file (a ``.pte``'s partitions are known only where its graph was lowered: the export)."""
+    from spnas.accelerators import check, unchecked
+    from spnas.io import artifact_sha256
+
+    digest = artifact_sha256(artifact)
+    recorded = next((entry.get("accelerators") for entry in (report or {}).get("artifacts", [])
+                     if entry.get("sha256") == digest and entry.get("accelerators")), None)
+    if recorded:
+        return recorded
+    if fmt == "executorch":
+        return {"xnnpack": unchecked("spnas-export", "no report.json entry of this .pte: its XNNPACK partition is "
+                                                    "counted when spnas-export lowers it")}
+    return check(artifact, fmt)
 
 
 def verify_accuracy(args, report, checkpoint, spec, model, entries, console) -> dict:

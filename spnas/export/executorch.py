@@ -6,7 +6,9 @@ XNNPACK's partitioner folds BatchNorm into the convolutions and takes the whole 
 delegate call and no kernel from ExecuTorch's portable library.  That is checked on every
 export (``lower``): a node left outside the delegate, or any operator in the program's
 execution plan, raises ``SpnasError`` naming it, because on a phone those run on slow
-portable kernels.  The delegated / non-delegated op counts go into ``Artifact.details``.
+portable kernels.  The delegated / non-delegated op counts go into ``Artifact.details`` and,
+as the ``xnnpack`` accelerator, into the entry's ``accelerators`` (``spnas.accelerators``);
+with ``options["pte_partitioners"]`` the Vulkan and Core ML partitioners are asked too.
 
 **int8** lowers the export's ``QuantPlan`` by default (``spnas.export.executorch_plan``): the
 PT2E graph ``XNNPACKQuantizer`` annotates, with every observer replaced by the plan's grid and
@@ -159,6 +161,7 @@ def lower(exported, constant_methods: dict[str, object]) -> tuple[bytes, dict]:
 def export(ctx: ExportContext) -> list[Artifact]:
     """Write ``spnasnet_100_fp32.pte`` and, with ``ctx.int8``, ``spnasnet_100_int8.pte`` (``ctx.options
     ["executorch_int8"]``: ``"plan"``, the default, lowers the export's plan; ``"pt2e"`` is ExecuTorch's own flow)."""
+    from spnas.accelerators.executorch_partitioners import partition_entries, xnnpack_entry
     from spnas.io import atomic_write_bytes
 
     if len(ctx.class_names) != ctx.model.num_classes:
@@ -182,8 +185,13 @@ def export(ctx: ExportContext) -> list[Artifact]:
         ctx.progress(f"executorch: {precision} {delegation['delegated_ops']} ops delegated to XNNPACK in "
                      f"{delegation['delegated_subgraphs']} subgraph(s), {delegation['non_delegated_ops']} outside")
         path = atomic_write_bytes(Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}", content)
+        accelerators = {"xnnpack": xnnpack_entry(delegation)}
+        if ctx.options.get("pte_partitioners"):
+            ctx.progress(f"executorch: {precision} Vulkan and Core ML partitioners")
+            accelerators.update(partition_entries(exported))
         artifacts.append(Artifact(FORMAT, precision, path, {**common, "metadata_methods": sorted(methods),
-                                                            "delegation": delegation, **extra}))
+                                                            "delegation": delegation, **extra},
+                                  entry={"accelerators": accelerators}))
     return artifacts
 
 

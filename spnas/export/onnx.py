@@ -622,6 +622,10 @@ def export(ctx: ExportContext) -> list[Artifact]:
                         "shape": ["N" if dynamic_batch else 1, 3, size, size]},
               "output": OUTPUT_NAME, "dynamic_batch": dynamic_batch}
     artifacts = [Artifact("onnx", "fp32", fp32_path, dict(common))]
+    if ctx.options.get("coreml_ep"):
+        from spnas.export.onnx_coreml_ep import export_coreml_ep
+
+        artifacts.append(export_coreml_ep(proto, ctx, common))
     if not ctx.int8:
         return artifacts
     from spnas.quantize import plan_to_lower

@@ -577,6 +577,11 @@ def _timm_name(tensor_name: str, names) -> str | None:
 MAC_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
+def layer_tensor_names(path: str | Path, layers) -> dict[str, str]:
+    """timm layer name -> the name of its conv / FC op's output tensor in a ``.tflite`` (Model Explorer's key)."""
+    return {name: detail["name"] for name, detail in _layer_outputs(_interpreter(Path(path)), set(layers)).items()}
+
+
 def _layer_outputs(interpreter, names) -> dict[str, dict]:
     """Output tensor details of every conv / FC op, keyed by timm layer name (the FC is the classifier)."""
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
