@@ -318,7 +318,7 @@ def run_verify(args: argparse.Namespace, raise_job_failures: bool = True):
                                               for d in failed]
         entries.append(entry)
     if tiers:
-        cpu_tiers(args, tiers, artifacts, images.pixels, reference, model, spec, plan_lowerings, random_weights,
+        cpu_tiers(args, tiers, artifacts, images.pixels, reference, simulated, plan_lowerings, random_weights,
                   entries, console)
     agreement = int8_agreement(int8_logits, reference, args.min_int8_agreement_db, args.int8_agreement_margin_db)
     validation = None
@@ -478,16 +478,17 @@ def print_explain(entry: dict, plan: dict | None, worst: int = 10) -> None:
               f"{simulation['logit_sqnr_db']:.1f} dB")
 
 
-def cpu_tiers(args, tiers, artifacts, pixels, reference, model, spec, plan_lowerings, random_weights, entries,
+def cpu_tiers(args, tiers, artifacts, pixels, reference, simulated, plan_lowerings, random_weights, entries,
               console) -> None:
-    """``--cpu``: every artifact on the emulated tiers; each entry gets its ``cpu_tiers`` block, and fails with it."""
+    """``--cpu``: every artifact on the emulated tiers; each entry gets its ``cpu_tiers`` block, and fails with it.
+    ``simulated``: the plan's simulated logits on ``pixels`` (None without a plan), which every lowering is held to."""
     from spnas.arm64.tiers import summary_table, verify_tiers
     from spnas.parity import Thresholds
     from spnas.verify import thresholds_for
 
     count = min(args.cpu_images, len(pixels))
-    simulations = {str(artifact.resolve()): plan_simulation(artifact, model, spec, pixels[:count])
-                   for artifact in artifacts if artifact.resolve() in plan_lowerings}
+    simulations = {str(artifact.resolve()): simulated[:count] for artifact in artifacts
+                   if simulated is not None and artifact.resolve() in plan_lowerings}
     thresholds = {precision: Thresholds() if random_weights and precision == "int8" else thresholds_for(precision, args)
                   for precision in ("fp32", "fp16", "int8")}
     with console.step(f"CPU tiers {', '.join(tiers)} under emulation"):
@@ -500,20 +501,6 @@ def cpu_tiers(args, tiers, artifacts, pixels, reference, model, spec, plan_lower
             entry["passed"] = False
             entry["gate"]["status"] = "failed"
             entry["gate"]["failures"].append("cpu tiers: " + "; ".join(entry["cpu_tiers"]["failures"]))
-
-
-def plan_simulation(artifact, model, spec, pixels):
-    """The torch int8 simulation of the plan an artifact lowers (the ``quant_plan.json`` beside it)."""
-    from pathlib import Path
-
-    from spnas.folding import fold_batchnorm
-    from spnas.preprocess import normalize
-    from spnas.quantize import PLAN_FILE, load_plan, simulate
-
-    plan = load_plan(Path(artifact).parent / PLAN_FILE)
-    folded = fold_batchnorm(model)
-    plan.check(folded, model.weights_info.sha256)
-    return simulate(folded, plan, normalize(pixels, spec))
 
 
 def arm64_parity(artifact, pixels, reference, thresholds, console) -> dict:
