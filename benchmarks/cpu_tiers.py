@@ -34,8 +34,8 @@ from onnx_int8 import fp32_layer_names, interleaved_ms, kernel_times, make_sessi
 from shared_data import SHARED_DATA  # noqa: E402
 
 from spnas.arm64.tiers import TIERS, summary_table, verify_tiers  # noqa: E402
-from spnas.bench.host import machine_facts  # noqa: E402
 from spnas.export import onnx as onnx_format  # noqa: E402
+from spnas.machine import machine_facts  # noqa: E402
 
 INT8 = ("spnasnet_100_int8.tflite", "spnasnet_100_int8.onnx", "spnasnet_100_int8_u8s8.onnx", "spnasnet_100_int8.pte")
 

@@ -41,6 +41,7 @@ def int8_artifacts(name: str, out: Path) -> tuple[dict[str, Path], dict]:
     """The int8 .tflite and the plan / pt2e .pte of one checkpoint, and their fidelity figures."""
     import spnas
     from spnas.export import ExportContext, executorch, tflite
+    from spnas.export.options import CHOICES, FormatOptions
     from spnas.folding import fold_batchnorm
     from spnas.images import PROTOCOL_CALIB_ROWS, PROTOCOL_EVAL_ROWS, labelled_rows
     from spnas.parity import compare, sqnr_db
@@ -64,8 +65,8 @@ def int8_artifacts(name: str, out: Path) -> tuple[dict[str, Path], dict]:
     paths = {"tflite int8": out / "spnasnet_100_int8.tflite"}
     paths["tflite int8"].write_bytes(tflite.with_standard_metadata(
         tflite.lower(folded, plan, spec=spec), ctx, "int8"))
-    for flow in executorch.INT8_FLOWS:
-        ctx.options = {"executorch_int8": flow}
+    for flow in CHOICES["executorch_int8"]:
+        ctx.options = FormatOptions.of(executorch_int8=flow)
         exported, _ = executorch.int8_program(ctx)
         metadata = executorch.artifact_metadata(ctx, "int8")
         content, _ = executorch.lower(exported, executorch.metadata_methods(metadata, source.class_names))
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from spnas.bench import central_ms
-    from spnas.bench.host import BenchTarget, machine_facts, measure
+    from spnas.bench.host import BenchTarget, measure
+    from spnas.machine import machine_facts
 
     run = {"machine": machine_facts(), "load_average_before": load_average(), "fidelity": {}, "latency": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    from spnas.bench.host import machine_facts
+    from spnas.machine import machine_facts
 
     run = {"machine": machine_facts(), "command": "spnas-export --format all --int8 --num-calib 200 (fixture weights, "
            "imagenet-sample, 50 parity images)", "target_seconds": TARGET_SECONDS, "runs": []}

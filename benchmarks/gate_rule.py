@@ -2,7 +2,7 @@
 fault must fail.
 
     python benchmarks/gate_rule.py                  # export and measure, then apply the rule
-    python benchmarks/gate_rule.py --rule-only      # re-apply spnas.verify's rule to the recorded measurements
+    python benchmarks/gate_rule.py --rule-only      # re-apply spnas.gates' rule to the recorded measurements
 
 Models: the fixture (1000 classes), ``spnasnet_100_coarse8`` (8 classes), and two fine-tunes made here
 (``tests/finetunes.py``): a 4-class fine-tune at 192 px, bicubic, mean/std 0.5, with every layer trained (SGD
@@ -14,7 +14,7 @@ slow part).
 Recorded per export: each int8 artifact's logit SQNR and top-1 against float and against the plan's
 simulation (computed as spnas-verify does: the reference weights and preprocessing, the quant_plan.json the
 export wrote), the simulation's pooled-feature and logit SQNR against float, and every pair of artifacts.
-The verdicts come from ``spnas.verify.plan_gate`` (the default rule), next to the old fixed gates.
+The verdicts come from ``spnas.gates.plan_gate`` (the default rule), next to the old fixed gates.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def make_model(name: str, folder: Path) -> str:
 def measure_model(weights: str, tmp: Path, save=lambda model: None) -> dict:
     """Every export (correct and each fault) of one model: raw metrics only; ``save`` gets the model's record
     after each export, so a long run leaves what it measured."""
-    from spnas import create_model
+    from spnas.create import create_model
     from spnas.export import ExportContext, format_module
     from spnas.faults import FAULTS, apply_fault
     from spnas.folding import fold_batchnorm
@@ -135,8 +135,8 @@ def old_gate(export: dict) -> bool:
 
 
 def apply_rule(results: dict) -> list[list[str]]:
-    """Each export's verdict under ``spnas.verify.plan_gate`` and the old fixed gates; table rows."""
-    from spnas.verify import plan_gate
+    """Each export's verdict under ``spnas.gates.plan_gate`` and the old fixed gates; table rows."""
+    from spnas.gates import plan_gate
 
     rows = []
     for name, model in results["models"].items():
@@ -198,9 +198,9 @@ def main(argv=None) -> int:
 
                 measure_model(weights, Path(tmp) / name, save)
         results["load_average_end"] = os.getloadavg()
-    from spnas import verify
+    from spnas.gates import RULE
 
-    results["rule"] = verify.RULE
+    results["rule"] = RULE
     rows = apply_rule(results)
     print(format_table(["model", "fault", "sim pooled dB", "sim logit dB", "vs float t/o/c", "vs sim t/o/c",
                         "pairwise to/tc/oc", "old gate", "rule"], rows))

@@ -40,8 +40,6 @@ from spnas.errors import SpnasError  # noqa: E402
 TARGETS = [(("tflite", "int8"), ("tflite", "fp32"), 0.45, (1,)), (("onnx", "int8"), ("onnx", "fp32"), 0.7, (1, 2)),
            (("executorch", "int8"), ("tflite", "int8"), 1.05, (1, 2))]
 LITERT_TORCH_RESULTS = Path(__file__).resolve().parent / "results" / "litert_torch_compare.json"
-EXPORT_OPTIONS = {"uint8_input": False, "dynamic_batch": False, "fp32": False, "image_input": False,
-                  "coreml_int8_mode": "w8a8"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def export_all(model, calib_pixels, out_dir: Path, notes: list[str], log) -> list:
     """Every available format in every precision; a format that is absent or fails becomes a note."""
     from spnas.export import FORMATS, ExportContext, format_module
+    from spnas.export.options import FormatOptions
     from spnas.preprocess import DEFAULT_SPEC
 
     artifacts = []
@@ -78,8 +77,9 @@ def export_all(model, calib_pixels, out_dir: Path, notes: list[str], log) -> lis
             notes.append(f"{name}: skipped, format module unavailable ({exc})")
             continue
         ctx = ExportContext(model=model, weights=model.weights_info, preprocessing=DEFAULT_SPEC,
-                            calibration_pixels=calib_pixels, out_dir=out_dir, int8=True, fp16=True,
-                            options=dict(EXPORT_OPTIONS), progress=lambda message, name=name: log(f"{name}: {message}"))
+                            calibration_pixels=calib_pixels, out_dir=out_dir, int8=True,
+                            options=FormatOptions.of(fp16=True),
+                            progress=lambda message, name=name: log(f"{name}: {message}"))
         log(f"exporting {name} (fp32, fp16, int8)")
         try:
             artifacts += module.export(ctx)
@@ -208,11 +208,12 @@ def plot_fidelity(records, fidelity_by_name, path: Path, eval_rows) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from spnas import create_model
     from spnas.bench.chart import plot_latency
-    from spnas.bench.host import BenchTarget, machine_facts, run_host
+    from spnas.bench.host import BenchTarget, run_host
+    from spnas.create import create_model
     from spnas.images import PROTOCOL_CALIB_ROWS, PROTOCOL_EVAL_ROWS, labelled_rows
     from spnas.io import atomic_write_text
+    from spnas.machine import machine_facts
     from spnas.reference import TorchRunner
 
     def log(message: str) -> None:

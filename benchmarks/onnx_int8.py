@@ -42,9 +42,9 @@ import onnxruntime as ort  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from shared_data import SHARED_DATA, fixture_protocol  # noqa: E402
 
-from spnas.bench.host import machine_facts  # noqa: E402
 from spnas.export import onnx as onnx_format  # noqa: E402
 from spnas.folding import fold_batchnorm  # noqa: E402
+from spnas.machine import machine_facts  # noqa: E402
 from spnas.parity import compare, sqnr_db  # noqa: E402
 from spnas.preprocess import DEFAULT_SPEC, normalize  # noqa: E402
 from spnas.quantize import LayerQuant, PixelBatches, build_plan, simulate  # noqa: E402

@@ -1,47 +1,28 @@
-"""spnas: export SPNasNet to ONNX, TFLite and CoreML, with parity and latency proof."""
+"""spnas: SPNasNet to ONNX, TFLite, CoreML and ExecuTorch, float and int8, with parity and latency proof.
+
+::
+
+    import spnas
+
+    model = spnas.load("my-finetune/")                   # timm weights: a folder, a file or hf-hub:ORG/REPO
+    report = model.export("tflite", int8=True)           # spnas-export's run; returns spnas.report.Report
+    checked = spnas.verify("exports/spnasnet_100_int8.tflite")   # spnas-verify's
+
+The typed layer under these is ``spnas.pipeline`` (``ExportRequest``, ``VerifyRequest``).  Names are
+imported on first use, so ``import spnas`` stays light.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-__all__ = ["__version__", "create_model", "export", "verify"]
+from spnas.version import __version__
+
+__all__ = ["Model", "__version__", "create_model", "load", "verify"]
+_HOMES = {"Model": "spnas.api", "load": "spnas.api", "verify": "spnas.api", "create_model": "spnas.create"}
 
 
 def __getattr__(name: str):
-    """``spnas.export(...)`` and ``spnas.verify(...)``: the callable ``spnas.export`` package and ``spnas.verify``
-    module (``spnas.api``), imported on first use so ``import spnas`` stays light."""
-    if name in ("export", "verify"):
+    if name in _HOMES:
         import importlib
 
-        return importlib.import_module(f"spnas.{name}")
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'spnas' has no attribute {name!r}")
-
-
-def create_model(weights="auto", *, num_classes: int | None = None, features_only: bool = False,
-                 calib_pixels=None, spec=None):
-    """timm-compatible ``spnasnet_100``, like ``timm.create_model('spnasnet_100', pretrained=...)``.
-
-    ``weights``: "auto" (hub cache, else hub, else random with a warning), "random",
-    "hf-hub:ORG/REPO", a timm folder (``config.json`` + ``model.safetensors`` or
-    ``pytorch_model.bin``), a local ``.safetensors`` / ``.pth`` / ``.bin``, or a resolved
-    ``spnas.weights.Checkpoint``.  The classifier size is the checkpoint's own (``classifier.weight``);
-    a different ``num_classes`` (0: pooled features) or ``features_only`` loads the backbone and
-    drops the head, as timm does.  ``calib_pixels`` (uint8 crops, preprocessed with ``spec``)
-    re-estimate BatchNorm for random weights.  The returned model is in eval mode and carries
-    ``weights_info`` and ``checkpoint``.
-    """
-    from spnas.model import SPNasNet
-    from spnas.weights import Checkpoint, load_checkpoint, resolve_checkpoint
-
-    checkpoint = weights if isinstance(weights, Checkpoint) else resolve_checkpoint(str(weights))
-    full = SPNasNet(num_classes=checkpoint.num_classes)
-    full.weights_info = load_checkpoint(full, checkpoint, bn_pixels=calib_pixels, spec=spec)
-    full.checkpoint = checkpoint
-    if (num_classes is None or num_classes == checkpoint.num_classes) and not features_only:
-        return full
-    model = SPNasNet(num_classes=num_classes if num_classes is not None else checkpoint.num_classes,
-                     features_only=features_only)
-    state = {k: v for k, v in full.state_dict().items() if k in model.state_dict()
-             and v.shape == model.state_dict()[k].shape}
-    model.load_state_dict(state, strict=False)
-    model.weights_info, model.checkpoint = full.weights_info, checkpoint
-    return model.eval()

@@ -5,17 +5,15 @@ when the model changes.  The golden pair (a lossless sample image, its uint8 cro
 input tensor exactly as the host feeds it, and the host LiteRT logits) lets the app's
 instrumented test prove the phone computes what the host computed, step by step.
 
-Run ``python -m spnas.android --tflite exports/spnasnet_100_int8.tflite
+Run ``python -m spnas.cli.android --tflite exports/spnasnet_100_int8.tflite
 --out android_demo/app/src/main/assets`` or ``spnas-export ... --android-assets DIR``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import platform
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,9 +22,9 @@ import numpy as np
 from spnas.classes import read_class_names
 from spnas.errors import SpnasError
 from spnas.images import EMBEDDED_DIR
-from spnas.intake import UnusableImage, open_rgb
+from spnas.intake import UnusableImage, load_pixels, open_rgb
 from spnas.io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_out_dir
-from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, load_pixels, normalize
+from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.tflite"
@@ -263,32 +261,3 @@ def litert_version() -> str:
         return version("ai-edge-litert")
     except PackageNotFoundError:
         return "unknown"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spnas.android", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tflite", required=True, metavar="MODEL", help="exported .tflite (int8 recommended)")
-    parser.add_argument("--out", default="android_demo/app/src/main/assets", metavar="DIR",
-                        help="assets folder of the app (default android_demo/app/src/main/assets)")
-    parser.add_argument("--sample", default=str(DEFAULT_SAMPLE), metavar="IMAGE",
-                        help="image for the golden pair and the app's bundled sample (default: chelsea.jpg)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    args = parser.parse_args(argv)
-    from spnas.cli import run_cli
-    from spnas.console import Console
-
-    console = Console()
-
-    def body() -> int:
-        spec, names = artifact_spec_and_names(args.tflite)
-        written = sync_assets(args.tflite, args.out, spec, class_names=names, sample=args.sample,
-                              progress=console.info)
-        print(f"{args.out}: {written['model']['source_file']} ({written['model']['precision']}, input "
-              f"{written['input']['dtype']} {written['input']['mode']}) with labels, preprocessing and golden pair")
-        return 0
-
-    return run_cli(body, args.debug)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import warnings
@@ -19,7 +20,9 @@ class Console:
             print(f"spnas: {message}", file=sys.stderr, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"spnas: warning: {message}", file=sys.stderr, flush=True)
+        """A warning line; ``quiet`` drops it too (every warning is also in report.json's ``warnings``)."""
+        if not self.quiet:
+            print(f"spnas: warning: {message}", file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def step(self, message: str):
@@ -58,3 +61,25 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence everything written to file descriptor 2 inside the block: C++ log lines (TF's converter, MediaPipe's
+    graph setup, XNNPACK) and Python's own writes to ``sys.stderr`` (coremltools' progress bars)."""
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+
+
+def silenced_stderr(quiet: bool):
+    """``--quiet``: the whole run inside ``quiet_stderr``; errors are printed after it, by the CLI."""
+    return quiet_stderr() if quiet else contextlib.nullcontext()

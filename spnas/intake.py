@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from spnas.errors import SpnasError
-from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, load_pixels
+from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, resize_and_crop
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 MAX_PIXELS_ENV = "SPNAS_MAX_IMAGE_PIXELS"
@@ -170,3 +170,11 @@ def walk_images(folder: str | Path) -> list[Path]:
         found += [Path(top) / name for name in files
                   if not is_hidden(name) and Path(name).suffix.lower() in IMAGE_SUFFIXES]
     return sorted(found)
+
+
+def load_pixels(path: str | Path, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
+    """Read an image file into the uint8 (H, W, 3) crop every runner takes.
+
+    Decoding follows the intake policy (``open_rgb``): an unusable file raises ``UnusableImage`` naming it.
+    """
+    return resize_and_crop(open_rgb(path, spec), spec)

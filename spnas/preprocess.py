@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -158,17 +157,6 @@ def center_crop_box(size: tuple[int, int], spec: PreprocessSpec = DEFAULT_SPEC) 
     top = int(round((size[1] - spec.input_size) / 2.0))
     left = int(round((size[0] - spec.input_size) / 2.0))
     return left, top, left + spec.input_size, top + spec.input_size
-
-
-def load_pixels(path: str | Path, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarray:
-    """Read an image file into the uint8 (H, W, 3) crop every runner takes.
-
-    Decoding follows the intake policy (``spnas.intake.open_rgb``): an unusable file raises
-    ``spnas.intake.UnusableImage`` naming it.
-    """
-    from spnas.intake import open_rgb
-
-    return resize_and_crop(open_rgb(path, spec), spec)
 
 
 def normalize(pixels: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC, layout: str = "NCHW") -> np.ndarray:

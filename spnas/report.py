@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spnas import __version__
 from spnas.io import atomic_write_text
+from spnas.version import __version__
 
 
 def build_report(*, weights, preprocessing, calibration, parity_images, artifacts: list[dict],
@@ -24,7 +24,7 @@ def build_report(*, weights, preprocessing, calibration, parity_images, artifact
     value a flag changed from the checkpoint's config (``{name: {"config", "override"}}``);
     ``validation``: the ``--val`` set and the reference's accuracy (each artifact has its own);
     ``int8_agreement``: the pairwise SQNR of the int8 artifacts that lower one plan (``spnas.verify.int8_agreement``);
-    ``int8_plan``: that plan's simulation against float, pooled features and logits (``spnas.verify.simulate_plan``).
+    ``int8_plan``: that plan's simulation against float, pooled features and logits (``spnas.gates.simulate_plan``).
     """
     return {
         "spnas_version": __version__,

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from spnas.errors import SpnasError
-from spnas.intake import UnusableImage, shown, walk_images
+from spnas.intake import UnusableImage, load_pixels, shown, walk_images
 from spnas.io import sha256_file
-from spnas.preprocess import PreprocessSpec, load_pixels
+from spnas.preprocess import PreprocessSpec
 
 BATCH = 32
 RUNTIME_BATCH = 8  # images per runtime call where a runtime takes batches (each image's logits as at batch 1)
@@ -295,19 +295,19 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def validate_entries(valset: ValSet, spec: PreprocessSpec, reference, entries: list[dict], root: Path, options,
-                     console) -> dict:
+def validate_entries(valset: ValSet, spec: PreprocessSpec, reference, entries: list[dict], root: Path, console, *,
+                     max_accuracy_drop: float | None = None, workers: int | None = None) -> dict:
     """Accuracy of the reference and of every report entry's artifact (paths relative to ``root``); gates them
-    with ``options.max_accuracy_drop`` and returns the report's ``validation`` block."""
+    at ``max_accuracy_drop`` and returns the report's ``validation`` block."""
     from spnas.export import load_runner
 
     runners = {entry["path"]: load_runner(Path(root) / entry["path"], batch=RUNTIME_BATCH) for entry in entries}
     with console.step(f"task accuracy on {len(valset)} validation images ({len(runners)} artifact(s))"):
         result = evaluate_all(valset, spec, reference, runners, progress=console.info, warn=console.warn,
-                              workers=getattr(options, "val_workers", None))
+                              workers=workers)
     for entry in entries:
         entry["accuracy"] = result["artifacts"][entry["path"]]
-        accuracy_gate(entry, getattr(options, "max_accuracy_drop", None))
+        accuracy_gate(entry, max_accuracy_drop)
     return result["validation"]
 
 

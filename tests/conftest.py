@@ -106,12 +106,13 @@ def quant_plan(fixture_model, calib_pixels):
 def tflite_artifacts(fixture_model, calib_pixels, quant_plan, tmp_path_factory) -> dict:
     """fp32, fp16 and int8 TFLite exports of the fixture weights, shared by every test that needs one."""
     from spnas.export import ExportContext
+    from spnas.export.options import FormatOptions
     from spnas.export.tflite import export
     from spnas.preprocess import DEFAULT_SPEC
 
     ctx = ExportContext(model=fixture_model, weights=fixture_model.weights_info, preprocessing=DEFAULT_SPEC,
                         calibration_pixels=calib_pixels, out_dir=tmp_path_factory.mktemp("tflite"), int8=True,
-                        fp16=True, quant_plan=quant_plan, progress=lambda message: None)
+                        options=FormatOptions.of(fp16=True), quant_plan=quant_plan, progress=lambda message: None)
     return {artifact.precision: artifact for artifact in export(ctx)}
 
 

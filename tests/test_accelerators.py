@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from spnas.accelerators import VERDICTS, verdict
+from spnas.accelerators.schema import VERDICTS, verdict
 
 SCHEMA = {"checker", "ops_total", "ops_supported", "partitions", "unsupported", "verdict", "messages"}
 EXPECTED = {"tflite": {"litert_gpu"}, "onnx": {"nnapi", "coreml_neuralnetwork", "coreml_mlprogram"},

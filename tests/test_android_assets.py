@@ -314,7 +314,7 @@ def test_bad_model_paths_are_one_line_errors(tmp_path):
     fake.write_bytes(b"not a flatbuffer")
     with pytest.raises(SpnasError, match="not a loadable .tflite model"):
         android.sync_assets(fake, tmp_path / "out")
-    result = subprocess.run([sys.executable, "-m", "spnas.android", "--tflite", str(fake), "--out",
+    result = subprocess.run([sys.executable, "-m", "spnas.cli.android", "--tflite", str(fake), "--out",
                              str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1

@@ -33,9 +33,11 @@ FLOAT_LAYERS = ["blocks.2.0.conv_pw", "classifier"]
 
 def export(model, calib_pixels, out_dir, quant_plan=None, **options):
     from spnas.export import coreml
+    from spnas.export.options import FormatOptions
 
     ctx = ExportContext(model=model, weights=model.weights_info, preprocessing=DEFAULT_SPEC,
-                        calibration_pixels=calib_pixels, out_dir=out_dir, int8=True, options=options,
+                        calibration_pixels=calib_pixels, out_dir=out_dir, int8=True,
+                        options=FormatOptions.of(**options),
                         quant_plan=quant_plan, progress=lambda message: None)
     return {artifact.precision: artifact for artifact in coreml.export(ctx)}
 

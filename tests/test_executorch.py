@@ -125,12 +125,14 @@ def test_the_pt2e_flow_stays_available(tmp_path):
     from types import SimpleNamespace
 
     from spnas.export import ExportContext
-    from spnas.verify import lowers_plan
+    from spnas.export.options import FormatOptions
+    from spnas.gates import lowers_plan
 
     spec = PreprocessSpec(input_size=16)
     pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     ctx = ExportContext(model=TinyNet(), weights=SimpleNamespace(source="tiny", sha256="0" * 64), preprocessing=spec,
-                        calibration_pixels=pixels, out_dir=tmp_path, int8=True, options={"executorch_int8": "pt2e"},
+                        calibration_pixels=pixels, out_dir=tmp_path, int8=True,
+                        options=FormatOptions.of(executorch_int8="pt2e"),
                         class_names=list("abcd"), progress=lambda message: None)
     program, details = et.int8_program(ctx)
     quantization = details["quantization"]

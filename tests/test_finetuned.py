@@ -76,8 +76,8 @@ def odd_export(odd_folder, imagenet_dir, tmp_path_factory):
 def test_odd_config_artifacts_match_a_hand_written_timm_reference(odd_folder, odd_export, imagenet_dir):
     from spnas.export import load_runner
     from spnas.export.tflite_metadata import LABELS_FILE, associated_files
+    from spnas.intake import load_pixels
     from spnas.parity import compare
-    from spnas.preprocess import load_pixels
 
     report = json.loads((odd_export / "report.json").read_text())
     assert report["classes"] == {"num_classes": 3, "source": "config.json label_names", "names": ODD_NAMES}
@@ -105,10 +105,11 @@ def test_odd_config_artifacts_match_a_hand_written_timm_reference(odd_folder, od
 
 
 def test_odd_config_onnx_and_the_python_api_round_trip(odd_folder, imagenet_dir, tmp_path, capsys):
-    """ONNX at 192 px with its class names; ``spnas.export(...)`` gives the CLI's report.json, ``spnas.verify``
-    its --json, both as typed Reports."""
+    """ONNX at 192 px with its class names; ``spnas.load(...).export(...)`` gives the CLI's report.json byte for
+    byte, ``spnas.verify`` its --json, both as typed Reports."""
     import onnx
 
+    import spnas.api
     from spnas.cli.verify import main as verify_main
     from spnas.report import ArtifactReport, Report
 
@@ -119,8 +120,9 @@ def test_odd_config_onnx_and_the_python_api_round_trip(odd_folder, imagenet_dir,
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     metadata = {p.key: p.value for p in proto.metadata_props}
     assert dims == [1, 3, 192, 192] and json.loads(metadata["spnas.class_names"]) == ODD_NAMES
-    report = spnas.export(format="onnx", weights=odd_folder, calib=imagenet_dir, num_calib=4, num_parity=4,
-                          out=tmp_path / "api", quiet=True)
+    model = spnas.load(odd_folder)
+    assert model.class_names == ODD_NAMES and model.preprocessing.input_size == 192
+    report = model.export("onnx", calib=imagenet_dir, num_calib=4, num_parity=4, out=tmp_path / "api", quiet=True)
     assert isinstance(report, Report) and isinstance(report.artifacts[0], ArtifactReport)
     assert report.passed and report.artifacts[0].passed is True and report.classes["names"] == ODD_NAMES
     assert report.to_json() == (out / "report.json").read_text() == (tmp_path / "api" / "report.json").read_text()
@@ -129,9 +131,13 @@ def test_odd_config_onnx_and_the_python_api_round_trip(odd_folder, imagenet_dir,
     verified = spnas.verify(artifact, quiet=True)
     assert verified.kind == "verify" and verified.to_json() == (tmp_path / "v.json").read_text()
     with pytest.raises(SpnasError, match="unknown option 'num_calibration'"):
-        spnas.export(format="onnx", weights=odd_folder, num_calibration=4)
+        model.export("onnx", num_calibration=4)
+    with pytest.raises(SpnasError, match="give them to spnas.load"):
+        model.export("onnx", input_size=160)
     with pytest.raises(SpnasError, match="not square"):
-        spnas.export(format="onnx", weights=odd_folder, input_size="192x160", out=tmp_path / "bad")
+        spnas.load(odd_folder, input_size="192x160")
+    with pytest.warns(DeprecationWarning, match="spnas.load"), pytest.raises(SpnasError, match="needs --int8"):
+        spnas.api.export("onnx", weights=odd_folder, plan="quant_plan.json", out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
 

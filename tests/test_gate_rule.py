@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spnas.verify import MAX_BELOW_SIMULATION_DB, MIN_POOLED_SQNR_DB, SIMULATION_MARGIN_DB
+from spnas.gates import MAX_BELOW_SIMULATION_DB, MIN_POOLED_SQNR_DB, SIMULATION_MARGIN_DB
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +47,11 @@ def test_a_fault_in_the_lowering_fails_against_the_simulation(finetune, tmp_path
     from spnas.export import ExportContext
     from spnas.export.tflite import export, load
     from spnas.faults import apply_fault
+    from spnas.gates import gate_lowering, simulate_plan
     from spnas.images import load_images
     from spnas.quantize import load_plan
     from spnas.reference import TorchRunner
     from spnas.source import resolve_source
-    from spnas.verify import gate_lowering, simulate_plan
 
     out, folder, report, _ = finetune
     source = resolve_source(str(folder))
@@ -94,10 +94,8 @@ def test_fallback_keeps_the_layers_that_add_the_most_loss(fixture_model, quant_p
                                                           monkeypatch):
     """One round against an unreachable pooled floor: the layers kept in float are the three of lowest local
     SQNR, and when they do not help the block says so in one line."""
-    from types import SimpleNamespace
-
     from spnas.folding import fold_batchnorm
-    from spnas.parity import Thresholds
+    from spnas.gates import GateOverrides, plan_judge
     from spnas.preprocess import DEFAULT_SPEC, normalize
     from spnas.quantize import PixelBatches, fallback
     from spnas.quantize.drift import layer_drift
@@ -106,7 +104,7 @@ def test_fallback_keeps_the_layers_that_add_the_most_loss(fixture_model, quant_p
     folded, x = fold_batchnorm(fixture_model), normalize(parity_pixels[:8])
     lines = []
     plan, block = fallback.fallback(folded, quant_plan, PixelBatches(calib_pixels[:16]), DEFAULT_SPEC, x,
-                                    Thresholds(min_top1=0.0), SimpleNamespace(min_pooled_sqnr_db=80.0),
+                                    plan_judge(GateOverrides(min_top1=0.0, min_pooled_sqnr_db=80.0)),
                                     progress=lines.append)
     drift = layer_drift(folded, quant_plan, x[:fallback.DRIFT_IMAGES])
     by_local = [layer["layer"] for layer in sorted(drift, key=lambda layer: layer["local_sqnr_db"])[:3]]
@@ -121,7 +119,7 @@ def test_fallback_keeps_the_layers_that_add_the_most_loss(fixture_model, quant_p
 
 
 def test_the_pairwise_gate_is_relative_and_the_fixed_floor_still_works():
-    from spnas.verify import int8_agreement
+    from spnas.gates import GateOverrides, int8_agreement
 
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(32, 4))
@@ -130,6 +128,6 @@ def test_the_pairwise_gate_is_relative_and_the_fixed_floor_still_works():
     relative = int8_agreement({"a": first, "b": second}, reference)
     (pair,) = relative["pairs"]
     assert relative["passed"] and 20 < pair["min_sqnr_db"] < pair["sqnr_db"] < 38  # the old fixed floor would fail
-    assert not int8_agreement({"a": first, "b": second}, reference, min_sqnr_db=38.0)["passed"]
+    assert not int8_agreement({"a": first, "b": second}, reference, GateOverrides(min_int8_agreement_db=38.0))["passed"]
     drifted = plan + 0.1 * rng.normal(size=plan.shape)  # one lowering left the plan
     assert not int8_agreement({"a": first, "b": drifted}, reference)["passed"]

@@ -15,8 +15,8 @@ from PIL import Image
 
 from spnas.errors import SpnasError
 from spnas.images import load_folder, split_images
-from spnas.intake import MAX_PIXELS_ENV, UnusableImage, open_rgb, read_crops, shown, walk_images
-from spnas.preprocess import load_pixels, resize_and_crop
+from spnas.intake import MAX_PIXELS_ENV, UnusableImage, load_pixels, open_rgb, read_crops, shown, walk_images
+from spnas.preprocess import resize_and_crop
 
 EXPORT = [sys.executable, "-m", "spnas.cli.export"]
 

@@ -19,11 +19,12 @@ from onnx import numpy_helper
 from spnas.errors import SpnasError
 from spnas.export import ExportContext, load_runner
 from spnas.export import onnx as onnx_format
+from spnas.export.options import FormatOptions
 from spnas.folding import fold_batchnorm
+from spnas.gates import evaluate, thresholds_for
 from spnas.parity import compare, sqnr_db
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 from spnas.quantize import simulate
-from spnas.verify import evaluate, thresholds_for
 
 pytestmark = pytest.mark.parity
 
@@ -35,7 +36,7 @@ SIMULATION_BUDGET_DB = 1.0
 
 def make_context(model, pixels, out_dir, **options) -> ExportContext:
     return ExportContext(model=model, weights=model.weights_info, preprocessing=DEFAULT_SPEC,
-                         calibration_pixels=pixels, out_dir=out_dir, int8=True, options=options,
+                         calibration_pixels=pixels, out_dir=out_dir, int8=True, options=FormatOptions.of(**options),
                          progress=lambda message: None)
 
 
@@ -242,7 +243,7 @@ def test_int8_tracks_the_plans_simulation(onnx_artifacts, parity_pixels, referen
 def test_int8_passes_the_default_gate(onnx_artifacts, parity_pixels, reference_logits):
     runner = onnx_format.load(onnx_artifacts["int8"].path, num_threads=1)
     assert runner.precision == "int8"
-    result = evaluate(runner, parity_pixels, reference_logits, thresholds=thresholds_for("int8", None))
+    result = evaluate(runner, parity_pixels, reference_logits, thresholds=thresholds_for("int8"))
     assert result["passed"], result
 
 
@@ -281,8 +282,8 @@ def test_metadata_round_trips(onnx_artifacts, fixture_model):
 
 def test_onnxruntime_modelmeta_shows_labels_and_preprocessing(onnx_artifacts):
     """What ``InferenceSession.get_modelmeta()`` (and Netron) show an app developer."""
-    from spnas import __version__
     from spnas.classes import read_class_names
+    from spnas.version import __version__
 
     for precision in ("fp32", "int8"):
         meta = ort.InferenceSession(str(onnx_artifacts[precision].path),

@@ -101,7 +101,7 @@ def test_simulation_predicts_each_runtime_within_1_db(exported, folded, export_p
 
 
 def test_int8_artifacts_agree_with_each_other_and_the_gate_is_checked(exported):
-    from spnas.verify import AGREEMENT_MARGIN_DB
+    from spnas.gates import AGREEMENT_MARGIN_DB
 
     out, report, _ = exported
     agreement = report["int8_agreement"]
@@ -118,7 +118,7 @@ def test_int8_artifacts_agree_with_each_other_and_the_gate_is_checked(exported):
 def test_each_lowering_is_gated_against_the_plan_simulation(exported):
     """report.json's int8_plan: the simulation at the pooled features and the logits; each lowering closer to
     it than it is to float, and against float no more than 3 dB under it."""
-    from spnas.verify import MAX_BELOW_SIMULATION_DB, MIN_POOLED_SQNR_DB
+    from spnas.gates import MAX_BELOW_SIMULATION_DB, MIN_POOLED_SQNR_DB
 
     _, report, _ = exported
     simulation = report["int8_plan"]["simulation"]
@@ -178,10 +178,10 @@ def test_a_broken_plan_fails_parity_in_every_format(quant_plan, folded, fixture_
                                                     reference_logits, tmp_path, fmt):
     """Every lowering follows the plan into the failure, as the broken plan's own simulation does."""
     from spnas.export import ExportContext, format_module
+    from spnas.gates import evaluate
     from spnas.parity import compare
     from spnas.preprocess import DEFAULT_SPEC, normalize
     from spnas.quantize import simulate
-    from spnas.verify import evaluate
 
     grid = quant_plan.tensors[BROKEN_TENSOR]
     broken = replace(quant_plan, tensors={**quant_plan.tensors,

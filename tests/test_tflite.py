@@ -61,9 +61,9 @@ def test_every_artifact_carries_standard_metadata_that_mediapipe_reads(tflite, a
 
     from mediapipe_metadata import displayer
 
-    from spnas import __version__
     from spnas.classes import read_class_names
     from spnas.preprocess import DEFAULT_SPEC
+    from spnas.version import __version__
 
     for precision, artifact in artifacts.items():
         shown = displayer(artifact.path)

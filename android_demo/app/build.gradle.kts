@@ -59,7 +59,7 @@ kotlin {
     }
 }
 
-// Assets are written by `python -m spnas.android` (or `spnas-export --android-assets`), never by hand.
+// Assets are written by `python -m spnas.cli.android` (or `spnas-export --android-assets`), never by hand.
 val spnasAssets = layout.projectDirectory.dir("src/main/assets")
 val requiredAssets = listOf(
     "model.tflite", "labels.txt", "preprocessing.json",
@@ -74,7 +74,7 @@ val checkSpnasAssets by tasks.registering {
         if (missing.isNotEmpty()) {
             throw GradleException(
                 "missing spnas assets: ${missing.joinToString { it.name }}. From the repository root run:\n" +
-                    "  python -m spnas.android --tflite exports/spnasnet_100_int8.tflite " +
+                    "  python -m spnas.cli.android --tflite exports/spnasnet_100_int8.tflite " +
                     "--out android_demo/app/src/main/assets",
             )
         }

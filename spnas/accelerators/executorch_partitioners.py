@@ -17,8 +17,10 @@ import logging
 import warnings
 from importlib.metadata import version
 
-from spnas.accelerators import entry, log_lines, unchecked
+from spnas.accelerators.schema import entry, log_lines, unchecked
 
+# Nodes that stay outside a delegate without running a kernel: the delegate call and its output unpacking.
+GLUE_OPS = ("getitem", "executorch_call_delegate")
 MESSAGES = 20  # the partitioner's last log lines kept (Vulkan logs one per refused node; reasons are per op too)
 PARTITIONERS = {"vulkan": ("executorch.backends.vulkan.partitioner.vulkan_partitioner", "VulkanPartitioner"),
                 "coreml": ("executorch.backends.apple.coreml.partition", "CoreMLPartitioner")}
@@ -48,7 +50,6 @@ def _partition_entries(exported) -> dict:
 
     from executorch.exir import to_edge
 
-    from spnas.export.executorch import GLUE_OPS  # graph plumbing, not operators a delegate runs
 
     program = to_edge(exported).exported_program()
     operators = [node for node in program.graph.nodes

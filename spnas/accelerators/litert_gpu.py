@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from spnas.accelerators import entry
+from spnas.accelerators.schema import entry
 
 OP_LINE = re.compile(r"^\s*Op#(\d+) (\w+)\(")
 WARNING = "GPU COMPATIBILITY WARNING"

@@ -14,7 +14,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from spnas.accelerators import entry, log_lines
+from spnas.accelerators.schema import entry, log_lines
 
 # accelerator -> (EP name in the checker's words, the EP's supported-op list beside the checker)
 EPS = {"nnapi": ("NNAPI", None),

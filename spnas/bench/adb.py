@@ -286,9 +286,9 @@ def run_adb(artifacts: list[Path], binary: Path, threads_list: list[int], warmup
             serial: str | None = None, taskset: str | None = None, use_xnnpack: bool = True,
             extra_args: list[str] | None = None, progress=print) -> dict:
     """Push, run and parse; returns the same JSON document as a host run, with ``device`` facts."""
-    from spnas import __version__
     from spnas.bench import add_ratios
     from spnas.io import artifact_size
+    from spnas.version import __version__
 
     check_inputs(artifacts, binary, taskset)
     adb = Adb(serial)

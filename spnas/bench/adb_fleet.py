@@ -46,8 +46,8 @@ def run_adb_fleet(artifacts: list[Path], binary: Path, threads_list: list[int], 
                   serials: list[str], *, taskset: str | None = None, use_xnnpack: bool = True,
                   extra_args: list[str] | None = None, progress=print) -> dict:
     """Every phone in parallel; the ``--adb`` document with ``devices`` and a ``device_name`` per record."""
-    from spnas import __version__
     from spnas.bench import LATENCY_KEYS, add_ratios
+    from spnas.version import __version__
 
     check_inputs(artifacts, binary, taskset)
 

@@ -79,6 +79,21 @@ def read_device_file(path: str | Path) -> list[str]:
     return parse_device_names(",".join(name for name in names if name))
 
 
+def device_names(names: str | None, device_file: str | Path | None) -> list[str] | None:
+    """The devices of ``--ai-hub`` and ``--ai-hub-devices`` together, in order without repeats; None without either."""
+    if not names and not device_file:
+        return None
+    found = parse_device_names(names) if names else []
+    found += read_device_file(device_file) if device_file else []
+    return list(dict.fromkeys(found))
+
+
+def misused_flag(compute_unit: str | None, options: str, timeout: float) -> str | None:
+    """The first AI Hub-only flag set away from its default, for a usage error when no device is given."""
+    flags = (("--compute-unit", compute_unit), ("--ai-hub-options", options), ("--ai-hub-timeout", timeout != 3600.0))
+    return next((flag for flag, value in flags if value), None)
+
+
 def job_options(compute_unit: str, extra: str = "") -> str:
     """The job's options string: ``--compute_unit`` from ``--compute-unit``, then the user's pass-through."""
     if compute_unit not in COMPUTE_UNITS:
@@ -209,8 +224,8 @@ def submit_profile(hub, model, device, options: str):
 def run_ai_hub(artifacts: list[Path], device_names: list[str], *, compute_unit: str = "cpu", options: str = "",
                timeout: float = DEFAULT_TIMEOUT_S, poll: float | None = None, progress=print) -> dict:
     """Profile every artifact on every device; the JSON document of ``spnas-bench --ai-hub``."""
-    from spnas import __version__
     from spnas.bench import add_ratios
+    from spnas.version import __version__
 
     options = job_options(compute_unit, options)
     check_artifacts(artifacts)

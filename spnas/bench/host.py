@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
-import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from spnas.errors import SpnasError
+from spnas.machine import machine_facts
 
 PYTORCH = "pytorch"
 RSS_METHOD = ("each artifact runs in its own freshly spawned worker process; peak_rss_mb is that process's peak "
@@ -68,8 +68,8 @@ def parse_targets(tokens: list[str], weights: str = "random") -> list[BenchTarge
 def bench_pixels(spec=None):
     """One real preprocessed photograph (uint8, 1xSxSx3, timm's default spec unless given) from the embedded set."""
     from spnas.images import EMBEDDED_DIR
-    from spnas.intake import walk_images
-    from spnas.preprocess import DEFAULT_SPEC, load_pixels
+    from spnas.intake import load_pixels, walk_images
+    from spnas.preprocess import DEFAULT_SPEC
 
     return load_pixels(walk_images(EMBEDDED_DIR)[0], spec or DEFAULT_SPEC)[None]
 
@@ -94,11 +94,11 @@ def open_runner(target: BenchTarget, threads: int):
     if target.format == PYTORCH:
         import torch
 
-        import spnas
+        from spnas.create import create_model
         from spnas.reference import TorchRunner
 
         torch.set_num_threads(threads)
-        return TorchRunner(spnas.create_model(target.weights))
+        return TorchRunner(create_model(target.weights))
     from spnas.export import format_module
 
     module = format_module(target.format)
@@ -194,12 +194,6 @@ def target_size_bytes(target: BenchTarget, runner) -> int:
     return sum(t.numel() * t.element_size() for t in runner.model.state_dict().values())
 
 
-SIMD_FLAGS = {"sse4_1", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
-              "avx512_bf16", "avx512_fp16", "amx_int8", "asimd", "asimddp", "i8mm", "sve"}
-RUNTIMES = {"tflite": "LiteRT (XNNPACK)", "onnx": "ONNX Runtime (CPU)", "coreml": "Core ML",
-            "executorch": "ExecuTorch (XNNPACK)", PYTORCH: "PyTorch eager"}
-
-
 def measure(targets: list[BenchTarget], threads: int, warmup: int, runs: int, rounds: int, progress) -> list[dict]:
     """Interleaved measurement of all targets at one thread count; records in target order."""
     from spnas.bench import summarize
@@ -239,23 +233,8 @@ def measure(targets: list[BenchTarget], threads: int, warmup: int, runs: int, ro
     return records
 
 
-def machine_facts() -> dict:
-    import os
-
-    facts = {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-             "cpu_count": os.cpu_count(), "python": platform.python_version()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                facts["cpu_model"] = value.strip()
-            elif key.strip() == "flags":  # the ISA extensions XNNPACK and ONNX Runtime pick their kernels by
-                facts["cpu_simd"] = sorted(set(value.split()) & SIMD_FLAGS)
-            if "cpu_model" in facts and "cpu_simd" in facts:
-                break
-    except OSError:
-        pass
-    return facts
+RUNTIMES = {"tflite": "LiteRT (XNNPACK)", "onnx": "ONNX Runtime (CPU)", "coreml": "Core ML",
+            "executorch": "ExecuTorch (XNNPACK)", PYTORCH: "PyTorch eager"}
 
 
 def runtime_versions(targets: list[BenchTarget]) -> dict:
@@ -275,8 +254,8 @@ def runtime_versions(targets: list[BenchTarget]) -> dict:
 def run_host(targets: list[BenchTarget], threads_list: list[int], warmup: int, runs: int, rounds: int,
              progress) -> dict:
     """The host benchmark's JSON document."""
-    from spnas import __version__
     from spnas.bench import add_ratios
+    from spnas.version import __version__
 
     records = []
     for threads in threads_list:

@@ -112,8 +112,8 @@ def device_name(document: dict, record: dict) -> str:
 
 def import_reports(paths: list[Path]) -> dict:
     """Every file's records, in the order given, normalised into one document (``mode`` import)."""
-    from spnas import __version__
     from spnas.bench import add_ratios
+    from spnas.version import __version__
 
     documents = [(path, read_report(path)) for path in paths]
     records, sources = [], []

@@ -50,7 +50,7 @@ def run_cli(body: Callable[[], int], debug: bool) -> int:
 
 
 def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
-    """The gate overrides shared by spnas-export and spnas-verify (see ``spnas.verify.thresholds_for``)."""
+    """The gate overrides shared by spnas-export and spnas-verify (see ``spnas.gates.thresholds_for``)."""
     parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")
     parser.add_argument("--min-sqnr-db", type=float, metavar="Y",
                         help="override the SQNR floor (dB); for int8 artifacts that lower the quant plan, a fixed "
@@ -94,23 +94,3 @@ def add_ai_hub_arguments(parser: argparse.ArgumentParser, job: str) -> None:
                        help='extra AI Hub job options, passed through, e.g. "--max_profiler_iterations 50"')
     group.add_argument("--ai-hub-timeout", type=float, default=3600.0, metavar="S",
                        help="give up on jobs not finished after S seconds (default 3600)")
-
-
-def ai_hub_devices(args: argparse.Namespace) -> list[str] | None:
-    """The device names of ``--ai-hub`` and ``--ai-hub-devices`` together, or None without either."""
-    from spnas.bench.aihub import parse_device_names, read_device_file
-
-    if not args.ai_hub and not args.ai_hub_devices:
-        return None
-    names = parse_device_names(args.ai_hub) if args.ai_hub else []
-    names += read_device_file(args.ai_hub_devices) if args.ai_hub_devices else []
-    return list(dict.fromkeys(names))
-
-
-def ai_hub_misuse(args: argparse.Namespace) -> str | None:
-    """The first AI Hub-only flag given without a device, for a usage error."""
-    if args.ai_hub or args.ai_hub_devices:
-        return None
-    flags = (("--compute-unit", args.compute_unit), ("--ai-hub-options", args.ai_hub_options),
-             ("--ai-hub-timeout", args.ai_hub_timeout != 3600.0))
-    return next((flag for flag, value in flags if value), None)

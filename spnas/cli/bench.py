@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spnas import __version__
-from spnas.cli import add_ai_hub_arguments, ai_hub_misuse
+from spnas.cli import add_ai_hub_arguments
+from spnas.version import __version__
 
 EPILOG = """\
 examples:
@@ -125,7 +125,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"{device_only[0]} goes with --adb")
     if (args.ai_hub or args.ai_hub_devices) and args.adb:
         parser.error("--ai-hub and --adb are separate runs; give one")
-    if misused := ai_hub_misuse(args):
+    from spnas.bench.aihub import misused_flag
+
+    misused = misused_flag(args.compute_unit, args.ai_hub_options, args.ai_hub_timeout)
+    if misused and not (args.ai_hub or args.ai_hub_devices):
         parser.error(f"{misused} goes with --ai-hub")
 
 
@@ -180,12 +183,11 @@ def ai_hub(args: argparse.Namespace) -> int:
     """Profile jobs on the fleet; finished devices are reported and written even when others failed."""
     from pathlib import Path
 
-    from spnas.bench.aihub import run_ai_hub
-    from spnas.cli import ai_hub_devices
+    from spnas.bench.aihub import device_names, run_ai_hub
     from spnas.console import Console
     from spnas.errors import SpnasError
 
-    document = run_ai_hub([Path(a) for a in args.artifacts], ai_hub_devices(args),
+    document = run_ai_hub([Path(a) for a in args.artifacts], device_names(args.ai_hub, args.ai_hub_devices),
                           compute_unit=args.compute_unit or "cpu", options=args.ai_hub_options,
                           timeout=args.ai_hub_timeout, progress=Console(args.quiet).info)
     write_outputs(document, args, f"AI Hub profile jobs (--compute_unit {document['settings']['compute_unit']})")

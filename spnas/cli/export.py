@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from spnas import __version__
 from spnas.cli import add_threshold_arguments, add_validation_arguments
+from spnas.version import __version__
 
 EPILOG = """\
 examples:
@@ -102,215 +102,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def usage_problem(args: argparse.Namespace) -> str | None:
-    """The first flag combination that makes no sense (a usage error for the CLI, a SpnasError for the API)."""
-    checks = ((args.num_calib < 1, "--num-calib must be at least 1"),
-              (args.num_parity < 1, "--num-parity must be at least 1"),
-              (args.android_assets and args.format not in ("tflite", "all"),
-               "--android-assets needs --format tflite or all"),
-              (args.app and args.format not in ("tflite", "all"), "--app needs --format tflite or all"),
-              (args.coreml_ep and args.format not in ("onnx", "all"), "--coreml-ep needs --format onnx or all"),
-              (args.pte_partitioners and args.format not in ("executorch", "all"),
-               "--pte-partitioners needs --format executorch or all"),
-              (args.fallback == "auto" and not args.int8, "--fallback auto needs --int8"),
-              (args.plan and not args.int8, "--plan needs --int8"),
-              (args.fallback_layers < 1, "--fallback-layers must be at least 1"))
-    return next((message for failed, message in checks if failed), None)
+def request_from_args(args: argparse.Namespace):
+    """The parsed flags as the pipeline's ``ExportRequest`` (the same one the Python API builds)."""
+    from spnas.pipeline import ExportRequest
+
+    return ExportRequest.from_keywords(**{key: value for key, value in vars(args).items() if key != "debug"})
 
 
 def main(argv: list[str] | None = None) -> int:
+    from spnas.errors import SpnasError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    if problem := usage_problem(args):
-        parser.error(problem)
+    try:
+        request = request_from_args(args)
+    except SpnasError as exc:
+        parser.error(str(exc))
     from spnas.cli import run_cli
 
-    return run_cli(lambda: cli_export(args), args.debug)
+    return run_cli(lambda: cli_export(request), args.debug)
 
 
-def cli_export(args: argparse.Namespace) -> int:
-    """``run_export`` with the tables and the exit code of the command line."""
-    from spnas.verify import print_results
-
-    report = run_export(args)
-    if report is None:
-        return 1
-    entries = print_results(report)
-    if report.weights["source"] == "random":
-        print("spnas: warning: random weights: NOT FOR DEPLOYMENT (int8 gate not applicable)", file=sys.stderr)
-    print(f"\nwrote {len(entries)} artifact(s) and {Path(args.out) / 'report.json'}")
-    return report.exit_code
-
-
-def run_export(args: argparse.Namespace):
-    """Check the request, then run it into a stage that is moved into ``--out`` only if it all succeeds.
-
-    Returns the ``spnas.report.Report`` written as report.json, or None when ``--strict`` refused random weights.
-    """
+def cli_export(request) -> int:
+    """Run the export, then print its tables; the exit code is the report's (1: a gate failed or ``--strict``
+    refused random weights)."""
     from spnas.console import Console, install_warning_format
-    from spnas.export import format_module, installed_formats
-    from spnas.intake import set_pixel_limit
-    from spnas.io import check_out_dir
-    from spnas.quantize import load_plan
-    from spnas.staging import staged_output
-    from spnas.validation import load_valset
+    from spnas.pipeline import RandomWeightsRefused, run_export
+    from spnas.tables import results_tables
 
-    console = Console(args.quiet)
+    console = Console(request.quiet)
     install_warning_format(console)
-    set_pixel_limit(args.max_image_pixels)
-    if args.format == "all":
-        modules, skipped = installed_formats()
-    else:
-        modules, skipped = {args.format: format_module(args.format)}, {}  # fail early on a missing extra
-    out_dir = check_out_dir(args.out)
-    plan = load_plan(args.plan) if args.plan else None  # a bad plan fails before any weights or images load
-    with console.step(f"loading weights ({args.weights})"):
-        source, caught = resolve_source_of(args)
-    valset = load_valset(args.val, source.class_names) if args.val else None
-    with staged_output(out_dir) as stage:
-        return export_into(stage, args, modules, skipped, source, caught, valset, plan, console)
-
-
-def preprocessing_overrides(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in ("input_size", "crop_pct", "interpolation", "mean", "std")}
-
-
-def resolve_source_of(args: argparse.Namespace):
-    """The checkpoint, preprocessing and class names, with the warnings raised while resolving them."""
-    import warnings
-
-    from spnas.source import resolve_source
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        source = resolve_source(args.weights, labels=args.labels, overrides=preprocessing_overrides(args))
-    return source, [str(w.message) for w in caught]
-
-
-def export_into(stage, args: argparse.Namespace, modules: dict, skipped: dict, source, caught: list[str], valset, plan,
-                console):
-    """The export itself: every file goes into ``stage``; returns its ``Report`` (None: ``--strict`` refused)."""
-    import warnings
-
-    from spnas import create_model
-    from spnas.accelerators import ACCELERATED_FORMATS
-    from spnas.accelerators import check as check_accelerators
-    from spnas.export import ExportContext
-    from spnas.images import split_images
-    from spnas.io import artifact_sha256, artifact_size
-    from spnas.report import Report, build_report, write_report
-    from spnas.verify import gate_logits, gate_lowering, int8_agreement, lowers_plan, simulate_plan, thresholds_for
-
-    spec = source.spec
-    with warnings.catch_warnings(record=True) as more:
-        warnings.simplefilter("always")
-        with console.step("loading calibration and parity images"):
-            calib, parity = split_images(args.calib, args.num_calib, args.num_parity, args.seed, spec)
-        if args.calib is None and not (args.int8 and plan is not None):
-            warnings.warn("calibrating on the small embedded image set; 200+ images from your deployment "
-                          "domain (--calib DIR) calibrate int8 better", stacklevel=1)
-        console.info(f"{len(calib)} calibration images, {len(parity)} held-out parity images from {calib.root}")
-        model = create_model(source.checkpoint, calib_pixels=calib.pixels, spec=spec)
-    weights = model.weights_info
-    if valset is not None:
-        from spnas.validation import check_disjoint
-
-        with console.step(f"checking {len(valset)} validation images against calibration (sha256)"):
-            check_disjoint(valset, calib.manifest())
-    messages = ([f"--format all: skipped {reason}" for reason in skipped.values()] + caught + source.warnings
-                + [str(w.message) for w in more])
-    if weights.warning and weights.warning not in messages:
-        messages.append(weights.warning)
-    for message in messages:
-        console.warn(message)
-    if weights.is_random and args.strict:
-        console.warn("--strict: refusing random weights")
-        return None
-    from spnas.reference import TorchRunner
-
-    reference = TorchRunner(model, spec).run(parity.pixels)
-    options = {k: getattr(args, k) for k in ("uint8_input", "app", "dynamic_batch", "onnx_int8", "fp32",
-                                             "image_input", "coreml_int8_mode", "executorch_int8",
-                                             "pte_partitioners", "coreml_ep")}
-    entries, int8_logits = [], {}
-    fallback_block, int8_plan, simulated = None, None, None
-    if args.fallback == "auto" and plan is None and not weights.is_random:
-        plan, fallback_block = plan_fallback(model, spec, calib.pixels, parity.pixels, args, console)
-    for name, module in modules.items():
-        ctx = ExportContext(model=model, weights=weights, preprocessing=spec, calibration_pixels=calib.pixels,
-                            out_dir=stage, int8=args.int8, fp16=args.fp16, options=options, progress=console.info,
-                            quant_plan=plan, class_names=source.class_names)
-        with console.step(f"exporting {name}"):
-            artifacts = module.export(ctx)
-        plan = ctx.quant_plan  # computed by the first format that lowers it, then shared by the others
-        for artifact in artifacts:
-            lowering = lowers_plan({"precision": artifact.precision, **artifact.entry, "details": artifact.details})
-            if lowering and int8_plan is None:
-                with console.step(f"simulating the int8 plan on {len(parity)} held-out images"):
-                    int8_plan, simulated = simulate_plan(model, plan, parity.pixels, spec, args)
-            with console.step(f"parity of {artifact.path.name} on {len(parity)} held-out images"):
-                logits = module.load(artifact.path).run(parity.pixels)
-                result = (gate_lowering(logits, reference, int8_plan["simulation"], simulated, args,
-                                        weights.is_random) if lowering
-                          else gate_logits(logits, reference, artifact.precision, random_weights=weights.is_random,
-                                           thresholds=thresholds_for(artifact.precision, args)))
-            entry = {"format": artifact.format, "precision": artifact.precision,
-                     "path": str(Path(artifact.path).relative_to(stage)),
-                     "size_bytes": artifact_size(artifact.path), "sha256": artifact_sha256(artifact.path),
-                     **artifact.entry, **result, "details": artifact.details}
-            if artifact.format in ACCELERATED_FORMATS and "accelerators" not in entry:
-                with console.step(f"accelerator checks of {artifact.path.name}"):
-                    entry["accelerators"] = check_accelerators(artifact.path, artifact.format)
-            if lowering:
-                int8_logits[entry["path"]] = logits
-                if fallback_block:
-                    entry["fallback"] = fallback_block
-            entries.append(entry)
-    agreement = int8_agreement(int8_logits, reference, args.min_int8_agreement_db, args.int8_agreement_margin_db)
-    validation = None
-    if valset is not None:
-        from spnas.validation import validate_entries
-
-        validation = validate_entries(valset, spec, TorchRunner(model, spec), entries, stage, args, console)
-    report = Report.from_dict(build_report(weights=weights, preprocessing=spec, calibration=calib,
-                                           parity_images=parity, artifacts=entries, warnings=messages,
-                                           classes=source.classes_report(), overrides=source.overrides,
-                                           validation=validation, int8_agreement=agreement, int8_plan=int8_plan),
-                              exit_code=0 if all(entry["passed"] is not False for entry in entries)
-                              and (agreement is None or agreement["passed"]) else 1)
-    write_report(report, stage / "report.json")
-    if args.android_assets:
-        sync_android_assets(stage, entries, args.android_assets, spec, source.class_names, console)
-    return report
-
-
-def plan_fallback(model, spec, calib_pixels, parity_pixels, args, console):
-    """``--fallback auto``: the plan whose simulation passes the plan's gate (``spnas.quantize.fallback``), which
-    every format then lowers, and the fallback block of each int8 entry (None: the first plan passed)."""
-    from spnas.folding import fold_batchnorm
-    from spnas.preprocess import normalize
-    from spnas.quantize import PixelBatches, build_plan
-    from spnas.quantize.fallback import fallback
-    from spnas.verify import plan_thresholds
-
-    folded, reader = fold_batchnorm(model), PixelBatches(calib_pixels, spec)
-    with console.step(f"int8 plan on {len(calib_pixels)} images"):
-        plan = build_plan(folded, reader, spec, weights_sha256=model.weights_info.sha256)
-    with console.step("fallback: simulating the plan against the int8 gate"):
-        return fallback(folded, plan, reader, spec, normalize(parity_pixels, spec), plan_thresholds(args), args,
-                        args.fallback_layers, console.info)
-
-
-def sync_android_assets(stage, entries, assets_dir, spec, class_names, console) -> None:
-    """Write the app's assets all or nothing too: staged in ``assets_dir``, moved in when complete."""
-    from spnas.android import sync_assets
-    from spnas.io import check_out_dir
-    from spnas.staging import staged_output
-
-    tflite = [e for e in entries if e["format"] == "tflite"]
-    chosen = next((e for e in tflite if e["precision"] == "int8"), tflite[0])
-    with console.step(f"syncing Android assets into {assets_dir}"), staged_output(check_out_dir(assets_dir)) as assets:
-        sync_assets(stage / chosen["path"], assets, spec, class_names=class_names)
+    try:
+        report = run_export(request)
+    except RandomWeightsRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(results_tables(report))
+    if report.weights["source"] == "random":
+        console.warn("random weights: NOT FOR DEPLOYMENT (int8 gate not applicable)")
+    print(f"\nwrote {len(report.artifacts)} artifact(s) and {Path(request.out) / 'report.json'}")
+    return report.exit_code
 
 
 if __name__ == "__main__":

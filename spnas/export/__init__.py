@@ -11,18 +11,14 @@ returns float32 logits (N, num_classes); it applies normalisation, layout and in
 quantization itself, exactly as a deployed app would.  ``prepare`` and ``invoke`` are
 split so benchmarks time the runtime alone, not the numpy preprocessing.
 
-The package is also the Python API's export call: ``import spnas; spnas.export(format="tflite",
-int8=True, ...)`` runs ``spnas.api.export``.  ``spnas.export`` cannot be both a function and
-this package (importing ``spnas.export.tflite`` rebinds the attribute to the package), so the
-package module itself is made callable; ``spnas.verify`` is treated the same way.
+Each format's options are typed in ``spnas.export.options``; the export as a whole (sources,
+images, gates, report) is ``spnas.pipeline``'s.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from spnas.errors import SpnasError
+from spnas.export.options import FormatOptions
 
 FORMATS = ("onnx", "tflite", "coreml", "executorch")
 EXTRAS = {"onnx": "onnx", "tflite": "tflite", "coreml": "coreml", "executorch": "executorch"}
@@ -82,7 +79,7 @@ def _imagenet_class_names() -> list[str]:
 
 @dataclass
 class ExportContext:
-    """Everything an exporter needs; built once by the CLI and shared by all formats."""
+    """Everything an exporter needs; built once by the pipeline and shared by all formats."""
 
     model: Any  # spnas.model.SPNasNet in eval mode, float32
     weights: Any  # spnas.weights.WeightsInfo
@@ -90,8 +87,7 @@ class ExportContext:
     calibration_pixels: np.ndarray  # uint8 (N, S, S, 3), S = preprocessing.input_size; disjoint from parity
     out_dir: Path
     int8: bool = False
-    fp16: bool = False
-    options: dict[str, Any] = field(default_factory=dict)  # format-specific CLI flags
+    options: FormatOptions = field(default_factory=FormatOptions)
     class_names: list[str] = field(default_factory=_imagenet_class_names)  # index-ordered, one per logit
     quant_plan: Any = None  # spnas.quantize.QuantPlan shared by every int8 lowering; None: computed on demand
     progress: Callable[[str], Any] = print
@@ -159,15 +155,3 @@ def load_runner(path: str | Path, batch: int | None = None) -> Runner:
         raise SpnasError(f"{path}: no such artifact")
     module = format_module(format_of(path))
     return module.load(path, batch=batch) if batch and getattr(module, "TAKES_BATCHES", False) else module.load(path)
-
-
-class _CallableModule(types.ModuleType):
-    """``spnas.export(...)``: this package, called, is ``spnas.api.export``."""
-
-    def __call__(self, *args, **kwargs):
-        from spnas.api import export
-
-        return export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -91,11 +91,11 @@ def export(ctx) -> list[Artifact]:
     from spnas.export import coreml_mil
     from spnas.folding import fold_batchnorm
 
-    mode = ctx.options.get("coreml_int8_mode") or "w8a8"
+    mode = ctx.options.coreml.coreml_int8_mode
     if mode not in INT8_MODES:
         raise SpnasError(f"--coreml-int8-mode {mode!r}: choose from {', '.join(INT8_MODES)}")
-    compute = "fp32" if ctx.options.get("fp32") else "fp16"
-    image_input = bool(ctx.options.get("image_input"))
+    compute = "fp32" if ctx.options.coreml.fp32 else "fp16"
+    image_input = ctx.options.coreml.image_input
     ct = import_coremltools()
     spec = ctx.preprocessing
     common = {"converter": f"coremltools {ct.__version__}: MIL Builder program from spnas.folding.FoldedNet.walk, "
@@ -172,7 +172,7 @@ def _convert(ct, program, compute: str, class_names: list[str], image_input: boo
 
 
 def _save(mlmodel, ctx, precision: str, details: dict) -> Artifact:
-    from spnas import __version__
+    from spnas.version import __version__
 
     image_input = details["input"]["name"] == IMAGE_INPUT_NAME
     mlmodel.short_description = (f"SPNasNet-100 (timm spnasnet_100) classifier over {len(ctx.class_names)} classes; "

@@ -8,12 +8,12 @@ export (``lower``): a node left outside the delegate, or any operator in the pro
 execution plan, raises ``SpnasError`` naming it, because on a phone those run on slow
 portable kernels.  The delegated / non-delegated op counts go into ``Artifact.details`` and,
 as the ``xnnpack`` accelerator, into the entry's ``accelerators`` (``spnas.accelerators``);
-with ``options["pte_partitioners"]`` the Vulkan and Core ML partitioners are asked too.
+with ``ctx.options.executorch.pte_partitioners`` the Vulkan and Core ML partitioners are asked too.
 
 **int8** lowers the export's ``QuantPlan`` by default (``spnas.export.executorch_plan``): the
 PT2E graph ``XNNPACKQuantizer`` annotates, with every observer replaced by the plan's grid and
 no calibration, so the ``.pte`` computes what the TFLite, ONNX and CoreML int8 artifacts compute
-and joins their pairwise agreement.  ``options["executorch_int8"] = "pt2e"`` (``spnas-export
+and joins their pairwise agreement.  ``ctx.options.executorch.executorch_int8 = "pt2e"`` (``spnas-export
 --executorch-int8 pt2e``) keeps ExecuTorch's own flow for comparison: ``XNNPACKQuantizer`` with
 ``get_symmetric_quantization_config(is_per_channel=True)`` (``HistogramObserver`` activations),
 ``prepare_pt2e``, calibration on ``ctx.calibration_pixels`` (on a copy exported with a dynamic
@@ -47,6 +47,7 @@ from pathlib import Path
 import executorch  # noqa: F401  (the extra: when it is missing, format_module gives the install hint)
 import numpy as np
 
+from spnas.accelerators.executorch_partitioners import GLUE_OPS
 from spnas.errors import SpnasError
 from spnas.export import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.preprocess import PreprocessSpec, normalize
@@ -60,11 +61,8 @@ METADATA_PREFIX = "spnas_"
 CLASS_NAMES_METHOD = "spnas_class_names"
 CALIBRATION_CHUNK = 16  # images per calibration forward: bounds memory, amortises the observers' per-call cost
 PARTITIONER = "XnnpackPartitioner"
-INT8_FLOWS = ("plan", "pt2e")  # --executorch-int8: the export's plan (default), or ExecuTorch's own calibration
 INPUT_DOC = ("forward(input): float32 NCHW (1, 3, S, S), RGB, (pixel / divisor - mean) / std with spnas_preprocessing; "
              "returns float32 logits (1, num_classes)")
-# Nodes that stay outside a delegate without running a kernel: the delegate call and its output unpacking.
-GLUE_OPS = ("getitem", "executorch_call_delegate")
 
 _methods_loaded = False  # set once a method is loaded in this process: the thread pool is fixed from then on
 
@@ -160,7 +158,8 @@ def lower(exported, constant_methods: dict[str, object]) -> tuple[bytes, dict]:
 
 def export(ctx: ExportContext) -> list[Artifact]:
     """Write ``spnasnet_100_fp32.pte`` and, with ``ctx.int8``, ``spnasnet_100_int8.pte`` (``ctx.options
-    ["executorch_int8"]``: ``"plan"``, the default, lowers the export's plan; ``"pt2e"`` is ExecuTorch's own flow)."""
+    .executorch.executorch_int8``: ``"plan"``, the default, lowers the export's plan; ``"pt2e"`` is ExecuTorch's own
+    flow)."""
     from spnas.accelerators.executorch_partitioners import partition_entries, xnnpack_entry
     from spnas.io import atomic_write_bytes
 
@@ -186,7 +185,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
                      f"{delegation['delegated_subgraphs']} subgraph(s), {delegation['non_delegated_ops']} outside")
         path = atomic_write_bytes(Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}", content)
         accelerators = {"xnnpack": xnnpack_entry(delegation)}
-        if ctx.options.get("pte_partitioners"):
+        if ctx.options.executorch.pte_partitioners:
             ctx.progress(f"executorch: {precision} Vulkan and Core ML partitioners")
             accelerators.update(partition_entries(exported))
         artifacts.append(Artifact(FORMAT, precision, path, {**common, "metadata_methods": sorted(methods),
@@ -197,9 +196,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
 
 def int8_program(ctx: ExportContext):
     """The int8 ``ExportedProgram`` of the chosen flow and its ``details["quantization"]``."""
-    flow = ctx.options.get("executorch_int8") or INT8_FLOWS[0]
-    if flow not in INT8_FLOWS:
-        raise SpnasError(f"unknown ExecuTorch int8 flow {flow!r}: choose from {', '.join(INT8_FLOWS)}")
+    flow = ctx.options.executorch.executorch_int8
     if flow == "pt2e":
         ctx.progress(f"executorch: int8 ExecuTorch's own PT2E flow, calibrating on {len(ctx.calibration_pixels)} "
                      "images")

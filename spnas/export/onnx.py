@@ -182,7 +182,7 @@ def set_metadata(proto, ctx: ExportContext, precision: str, extra: dict | None =
     """Write the facts an app needs into the model: ``metadata_props`` (preprocessing, class names, weights),
     producer, version, graph name and a ``doc_string`` saying what goes in and comes out, which
     Netron and ONNX Runtime's ``get_modelmeta()`` show."""
-    from spnas import __version__
+    from spnas.version import __version__
 
     values = {**artifact_metadata(ctx, precision), "spnas.input": INPUT_DOC,
               "spnas.class_names": json.dumps(list(ctx.class_names)), **(extra or {})}
@@ -609,7 +609,7 @@ def _quantized_io(proto) -> dict:
 
 def export(ctx: ExportContext) -> list[Artifact]:
     """Write ``spnasnet_100_fp32.onnx`` and, with ``ctx.int8``, ``spnasnet_100_int8.onnx`` (the plan lowered)."""
-    dynamic_batch = bool(ctx.options.get("dynamic_batch", False))
+    dynamic_batch = ctx.options.onnx.dynamic_batch
     ctx.progress("onnx: exporting fp32 (torch.onnx dynamo exporter, onnxsim, checker)")
     size = ctx.preprocessing.input_size
     proto = export_float(ctx.model, dynamic_batch=dynamic_batch, input_size=size)
@@ -622,7 +622,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
                         "shape": ["N" if dynamic_batch else 1, 3, size, size]},
               "output": OUTPUT_NAME, "dynamic_batch": dynamic_batch}
     artifacts = [Artifact("onnx", "fp32", fp32_path, dict(common))]
-    if ctx.options.get("coreml_ep"):
+    if ctx.options.onnx.coreml_ep:
         from spnas.export.onnx_coreml_ep import export_coreml_ep
 
         artifacts.append(export_coreml_ep(proto, ctx, common))
@@ -630,7 +630,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
         return artifacts
     from spnas.quantize import plan_to_lower
 
-    weights = ctx.options.get("onnx_int8") or DEFAULT_WEIGHT_ENCODING
+    weights = ctx.options.onnx.onnx_int8
     _check_encoding(weights)
     plan, quantization = plan_to_lower(ctx, FORMAT)
     ctx.progress(f"onnx: int8 weights {weights} ({WEIGHT_ENCODINGS[weights].split(':')[0]})")
@@ -650,7 +650,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
 
 def host_has_vnni() -> bool:
     """Whether this CPU has the int8 dot product ONNX Runtime's U8S8 kernels need to be exact (x86)."""
-    from spnas.bench.host import machine_facts
+    from spnas.machine import machine_facts
 
     return bool(VNNI_FLAGS & set(machine_facts().get("cpu_simd", [])))
 

@@ -12,7 +12,7 @@ Artifacts (``spnasnet_100_<precision>.tflite``):
 
 - ``fp32``: float32 input ``[1, S, S, 3]`` (``S``: the spec's input size), normalised RGB (the spec's
   mean/std), float32 logits ``[1, K]``;
-- ``fp16`` (``ctx.fp16``): the same graph with float16 weights (DEQUANTIZE to float32 at load);
+- ``fp16`` (``ctx.options.tflite.fp16``): the same graph with float16 weights (DEQUANTIZE to float32 at load);
 - ``int8`` (``ctx.int8``): full-integer post-training quantization that *lowers* the export's
   ``spnas.quantize.QuantPlan`` (``lower``): the float graph is built with the plan's corrected
   biases, every activation tensor gets the plan's range as its min/max statistics (no TF
@@ -25,7 +25,7 @@ Int8 I/O choice.  Default: **int8 input and int8 output**, scale and zero point 
 ``Artifact.details`` (and in the model's tensor quantization parameters).  An app normalises
 as for the float model and quantizes ``q = round(x / scale) + zero_point``: the standard
 TFLite full-integer convention, accepted by every delegate and by the TFLite Task/Support
-libraries.  ``ctx.options["uint8_input"]`` (CLI ``--uint8-input``) instead takes raw uint8
+libraries.  ``ctx.options.tflite.uint8_input`` (CLI ``--uint8-input``) instead takes raw uint8
 RGB: the normalisation is one in-graph 1x1 depthwise conv placed *before* the stem padding,
 so image borders are padded with normalised zeros exactly as in PyTorch (folding it into the
 stem weights would pad raw 0, i.e. black, instead of the mean colour; the benchmark measures
@@ -34,7 +34,7 @@ re-quantized once, so fidelity matches the default's (protocol: top-1 0.985 / 37
 0.990 / 37.6 dB, one image apart); the output stays int8 with scale/zero point in ``details``.
 Either way the input range is the full range a pixel can produce, not the calibration set's.
 
-MediaPipe app variant (``ctx.options["app"] == "mediapipe"``, CLI ``--app mediapipe``):
+MediaPipe app variant (``ctx.options.tflite.app == "mediapipe"``, CLI ``--app mediapipe``):
 ``spnasnet_100_{fp32,int8}_mediapipe.tflite`` beside the plain files, raw uint8 RGB in (fp32: a
 uint8 input CAST to float, then the same in-graph normalisation; int8: the ``--uint8-input``
 lowering of the same plan) and float32 softmax probabilities out (``spnas.export.tflite_mediapipe``).
@@ -53,12 +53,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from spnas.console import quiet_stderr
 from spnas.errors import SpnasError
 from spnas.export import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
 from spnas.folding import NetOps
@@ -272,21 +272,6 @@ def _quiet_converter():
         yield
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence C++ log lines written straight to file descriptor 2 (TF's converter, MediaPipe's graph setup)."""
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        os.close(devnull)
-
-
 def _layer_tensors(model, folded) -> tuple[dict[str, int], dict[str, int]]:
     """Tensor indices in a TFLite model object: every tensor of ``folded.tensor_names()`` (what a
     ``QuantPlan`` quantizes: ``"input"``, timm conv names, ``"blocks.S.B.add"``, ``"global_pool"``,
@@ -333,12 +318,13 @@ def _pad_sources(model) -> dict[int, int]:
 
 
 def export(ctx: ExportContext) -> list[Artifact]:
-    """The plain artifacts, and with ``ctx.options["app"] == "mediapipe"`` the MediaPipe variants of fp32 and int8."""
+    """The plain artifacts, and with ``ctx.options.tflite.app == "mediapipe"`` the MediaPipe variants of fp32 and
+    int8."""
     from spnas import folding
 
     folded = folding.fold_batchnorm(ctx.model)
-    precisions = ["fp32"] + (["fp16"] if ctx.fp16 else []) + (["int8"] if ctx.int8 else [])
-    uint8_input = bool(ctx.options.get("uint8_input", False))
+    precisions = ["fp32"] + (["fp16"] if ctx.options.tflite.fp16 else []) + (["int8"] if ctx.int8 else [])
+    uint8_input = ctx.options.tflite.uint8_input
     artifacts = []
     for precision in precisions:
         ctx.progress(f"converting {precision} with tf.lite.TFLiteConverter")
@@ -350,7 +336,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
             if precision == "fp16":
                 details["quantization"] = {"scheme": "float16 weights, float32 compute"}
         artifacts.append(_write(ctx, content, precision, details))
-    if ctx.options.get("app") == "mediapipe":
+    if ctx.options.tflite.app == "mediapipe":
         for precision in [p for p in precisions if p != "fp16"]:
             ctx.progress(f"{precision} variant for MediaPipe Tasks (uint8 RGB in, normalisation in the graph, softmax)")
             details = _details(ctx)
@@ -395,7 +381,7 @@ def _write(ctx: ExportContext, content: bytes, precision: str, details: dict, ap
     with atomic_path(path) as tmp:
         tmp.write_bytes(content)
     details.update(io_details(content))
-    if ctx.options.get("app") == "mediapipe":  # asking costs a MediaPipe import and graph: only when targeted
+    if ctx.options.tflite.app == "mediapipe":  # asking costs a MediaPipe import and graph: only when targeted
         compatible, reason = tflite_mediapipe.verdict(content, ctx.calibration_pixels[0])
     else:
         compatible, reason = None, "not checked (spnas-export --app mediapipe asks MediaPipe's ImageClassifier)"

@@ -126,7 +126,7 @@ def verdict(content: bytes, crop: np.ndarray) -> tuple[bool | None, str]:
         from mediapipe.tasks.python.vision import image_classifier
     except (ImportError, OSError) as exc:  # not installed, or its native library does not load here
         return None, f"not checked: MediaPipe Tasks does not import ({exc}); pip install 'spnas[mediapipe]'"
-    from spnas.export.tflite import quiet_stderr
+    from spnas.console import quiet_stderr
 
     version = getattr(mediapipe, "__version__", "?")
     options = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_buffer=content),

@@ -140,7 +140,7 @@ def describe(ctx, precision: str, content: bytes, *, probabilities: bool = False
     """
     from ai_edge_litert import schema_py_generated as tflite_schema
 
-    from spnas import __version__
+    from spnas.version import __version__
 
     spec = ctx.preprocessing
     graph = tflite_schema.Model.GetRootAs(content, 0).Subgraphs(0)

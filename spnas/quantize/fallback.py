@@ -5,16 +5,14 @@ lower the final plan once.
 A round costs one simulated pass over the parity images, not a re-export: the simulation is
 what the runtimes compute (within 1 dB, ``tests/test_quantize.py``), so the choice holds for
 TFLite, ONNX and CoreML alike, and each artifact is still gated on its own runtime afterwards.
-The plan's gate is the one its lowerings answer to (``spnas.verify.plan_failures`` and
-``plan_thresholds``): pooled-feature SQNR, top-1, and a logit SQNR floor when ``--min-sqnr-db``
-sets one.  Layers are ranked by the loss each one *adds*, its local SQNR (``drift.layer_drift``:
-the layer alone in int8 on the float net's input to it), lowest first: a layer that merely
-inherits upstream error is not worth keeping in float, the one that adds it is.  A few layers
-are added per round, for at most ``MAX_ROUNDS`` rounds; each round keeps the plan's ranges and
-re-corrects the biases for the float layers.  If no round passes, the round with the best
-simulated logit SQNR is kept, and when no round gains ``HELPS_DB`` at the logits or the pooled
-features, one line says that float layers do not help this plan (its loss is spread through the
-body, not in a few layers).
+The plan's gate is the one its lowerings answer to, passed in as ``judge`` (``spnas.gates.plan_judge``:
+pooled-feature SQNR, top-1, and a logit SQNR floor when ``--min-sqnr-db`` sets one). Layers are ranked by the
+loss each one *adds*, its local SQNR (``drift.layer_drift``: the layer alone in int8 on the float net's input
+to it), lowest first: a layer that merely inherits upstream error is not worth keeping in float, the one that
+adds it is. A few layers are added per round, for at most ``MAX_ROUNDS`` rounds; each round keeps the plan's
+ranges and re-corrects the biases for the float layers. If no round passes, the round with the best simulated
+logit SQNR is kept, and when no round gains ``HELPS_DB`` at the logits or the pooled features, one line says
+that float layers do not help this plan (its loss is spread through the body, not in a few layers).
 
 Keeping one layer in float removes its weight rounding, not the int8 rounding of its output
 (the next int8 layer still needs it quantized), so single layers gain little (+0.9 dB at best on
@@ -22,6 +20,8 @@ the fixture weights, most within +-0.3 dB); adjacent float layers gain more.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -45,29 +45,25 @@ def worst_layers(drift: list[dict], kept: list[str], count: int) -> list[str]:
     return [name for _, name in ranked[:count]]
 
 
-def simulated_gate(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray, thresholds, overrides) -> dict:
-    """The plan's simulation against float, gated as its lowerings' plan is (``spnas.verify.plan_failures``)."""
-    from spnas.verify import plan_failures
-
+def simulated_gate(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray, judge: Callable[[dict], list[str]]) -> dict:
+    """The plan's simulation against float, with the failures ``judge`` finds in it."""
     simulation, _ = body_sqnr(folded, plan, x_nchw)
-    failures = thresholds.failures({"sqnr_db": simulation["logit_sqnr_db"], **simulation}) + plan_failures(
-        simulation, overrides)
+    failures = judge(simulation)
     return {"parity": {"sqnr_db": simulation["logit_sqnr_db"], "pooled_sqnr_db": simulation["pooled_sqnr_db"],
                        "top1_agreement": simulation["top1_agreement"]},
             "gate": {"status": "failed" if failures else "passed", "failures": failures}, "passed": not failures}
 
 
 def fallback(folded: FoldedNet, plan: QuantPlan, reader: CalibrationReader, spec: PreprocessSpec,
-             x_nchw: np.ndarray, thresholds, overrides=None, layers_per_round: int = 3,
+             x_nchw: np.ndarray, judge: Callable[[dict], list[str]], layers_per_round: int = 3,
              progress=print) -> tuple[QuantPlan, dict | None]:
     """The plan to lower, and the report's ``fallback`` block (None: the plan passed as it was).
 
-    ``x_nchw``: the normalised parity images; ``thresholds``: ``spnas.verify.plan_thresholds``;
-    ``overrides``: the CLI flags (``--min-pooled-sqnr-db``).
+    ``x_nchw``: the normalised parity images; ``judge``: a simulation's failures (``spnas.gates.plan_judge``).
     """
     from spnas.quantize import build_plan
 
-    first = simulated_gate(folded, plan, x_nchw, thresholds, overrides)
+    first = simulated_gate(folded, plan, x_nchw, judge)
     if first["passed"]:
         return plan, None
     ranges = {name: grid.range for name, grid in plan.tensors.items()}
@@ -81,7 +77,7 @@ def fallback(folded: FoldedNet, plan: QuantPlan, reader: CalibrationReader, spec
         kept += added
         current = build_plan(folded, reader, spec, float_layers=kept, weights_sha256=plan.weights_sha256,
                              ranges=ranges, bias_correction=plan.method.get("bias_correction", True), **options)
-        result = simulated_gate(folded, current, x_nchw, thresholds, overrides)
+        result = simulated_gate(folded, current, x_nchw, judge)
         parity = result["parity"]
         rounds.append({"round": number, "added": added, **parity, "passed": result["passed"]})
         progress(f"fallback round {number}: float {', '.join(added)} -> simulated SQNR {parity['sqnr_db']:.1f} dB "

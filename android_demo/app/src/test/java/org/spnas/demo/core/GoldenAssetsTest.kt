@@ -10,14 +10,14 @@ import javax.imageio.ImageIO
 /**
  * The synced assets on the JVM: the app's preprocessing, run on the lossless golden image, must
  * reproduce the host's crop and model input byte for byte. Needs the assets synced first
- * (`python -m spnas.android --tflite ... --out android_demo/app/src/main/assets`).
+ * (`python -m spnas.cli.android --tflite ... --out android_demo/app/src/main/assets`).
  */
 class GoldenAssetsTest {
     private val assets = File(System.getProperty("spnas.assets") ?: "src/main/assets")
 
     private fun asset(name: String): File {
         val file = File(assets, name)
-        assertTrue("$file is missing: sync the assets with python -m spnas.android (see android_demo/README.md)",
+        assertTrue("$file is missing: sync the assets with python -m spnas.cli.android (see android_demo/README.md)",
             file.isFile)
         return file
     }
