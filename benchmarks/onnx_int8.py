@@ -43,6 +43,7 @@ from onnx import numpy_helper  # noqa: E402
 from shared_data import SHARED_DATA, fixture_protocol  # noqa: E402
 
 from spnas.export import onnx as onnx_format  # noqa: E402
+from spnas.export import onnx_runtime  # noqa: E402
 from spnas.folding import fold_batchnorm  # noqa: E402
 from spnas.machine import machine_facts  # noqa: E402
 from spnas.parity import compare, sqnr_db  # noqa: E402
@@ -69,7 +70,7 @@ def interleaved_ms(sessions: dict[str, ort.InferenceSession], feed: dict, rounds
 
 
 def make_session(path: Path, threads: int, config=(), level=None, spinning: bool = False, profile: str | None = None):
-    options = onnx_format.session_options(threads, spinning)
+    options = onnx_runtime.session_options(threads, spinning)
     for key, value in config:
         options.add_session_config_entry(key, value)
     if level is not None:

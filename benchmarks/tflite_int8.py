@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from shared_data import SHARED_DATA, fixture_protocol  # noqa: E402
 
 from spnas import folding  # noqa: E402
-from spnas.export import tflite  # noqa: E402
+from spnas.export import tflite, tflite_runtime  # noqa: E402
 from spnas.images import labelled_rows, split_images  # noqa: E402
 from spnas.parity import compare  # noqa: E402
 from spnas.preprocess import DEFAULT_SPEC, normalize  # noqa: E402
@@ -86,7 +86,7 @@ def seeded_splits(model, folded, shared: Path, seeds) -> list[dict]:
         for name, options in ((DEFAULT, {}), ("MSE clip weight 1 (previous default)",
                                               {"clip_weight": 1.0, "bias_correction": False})):
             content = tflite.convert(folded, "int8", calibration_pixels=calib.pixels, **options)
-            metrics = compare(reference, tflite.TFLiteRunner(content).run(parity.pixels))
+            metrics = compare(reference, tflite_runtime.TFLiteRunner(content).run(parity.pixels))
             rows.append({"seed": seed, "variant": name, **metrics})
             print(f"seed {seed} {name:40s} top-1 {metrics['top1_agreement']:.3f}  SQNR {metrics['sqnr_db']:.2f} dB",
                   flush=True)
@@ -140,7 +140,7 @@ def main() -> None:
     for precision in ("fp32", "fp16"):
         start = time.perf_counter()
         models[precision] = tflite.convert(folded, precision)
-        metrics = compare(reference, tflite.TFLiteRunner(models[precision]).run(held_out))
+        metrics = compare(reference, tflite_runtime.TFLiteRunner(models[precision]).run(held_out))
         fidelity.append({"variant": precision, "convert_s": round(time.perf_counter() - start, 1), **metrics})
         print(f"{precision:40s} rel err {metrics['max_rel_error']:.2e} SQNR {metrics['sqnr_db']:.1f} dB", flush=True)
     for name, options in variants(folded, calib, args.quick):
@@ -151,7 +151,7 @@ def main() -> None:
         start = time.perf_counter()
         content = tflite.convert(options.pop("folded", lambda: folded)(), "int8", calibration_pixels=pixels, **options)
         seconds = time.perf_counter() - start
-        metrics = compare(reference, tflite.TFLiteRunner(content).run(held_out))
+        metrics = compare(reference, tflite_runtime.TFLiteRunner(content).run(held_out))
         fidelity.append({"variant": name, "convert_s": round(seconds, 1), **metrics})
         print(f"{name:48s} top-1 {metrics['top1_agreement']:.3f}  SQNR {metrics['sqnr_db']:.2f} dB  "
               f"({seconds:.0f} s to convert)", flush=True)
@@ -166,7 +166,7 @@ def main() -> None:
     print(f"naive uint8 fold (raw zero padding), float: top-1 {border['top1_agreement']:.3f} "
           f"SQNR {border['sqnr_db']:.1f} dB")
 
-    runners = {name: tflite.TFLiteRunner(content, num_threads=1) for name, content in models.items()}
+    runners = {name: tflite_runtime.TFLiteRunner(content, num_threads=1) for name, content in models.items()}
     prepared = {name: runner.prepare(held_out[:1]) for name, runner in runners.items()}
     latency = interleaved_ms(runners, prepared, args.rounds, args.per_round)
     ratios = {name: latency[name]["median"] / latency["fp32"]["median"] for name in latency}

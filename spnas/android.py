@@ -241,9 +241,9 @@ def sync_assets(tflite_path: str | Path, out_dir: str | Path, spec: PreprocessSp
 def artifact_spec_and_names(tflite_path: str | Path) -> tuple[PreprocessSpec, list[str] | None]:
     """The preprocessing and class names a ``.tflite`` of ours carries (its labels file; None: ImageNet's)."""
     from spnas.export import spec_from_metadata
-    from spnas.export.tflite import read_metadata
     from spnas.export.tflite_metadata import LABELS_FILE as TFLITE_LABELS
     from spnas.export.tflite_metadata import associated_files
+    from spnas.export.tflite_runtime import read_metadata
 
     path = Path(tflite_path)
     if path.suffix != ".tflite" or not path.is_file():

@@ -118,8 +118,8 @@ def tflite_artifacts(fixture_model, calib_pixels, quant_plan, tmp_path_factory) 
 
 @pytest.fixture(scope="session")
 def cli_exports(tmp_path_factory, fixture_weights, imagenet_dir) -> Path:
-    """``spnas-export --format all --int8 --app mediapipe --coreml-ep`` on the fixture weights and real images, once
-    per session (its printed tables in ``stdout.txt`` beside the folder).
+    """``spnas-export --format all --int8 --app mediapipe --coreml-ep --quiet`` on the fixture weights and real
+    images, once per session (its printed tables in ``stdout.txt`` beside the folder, its stderr in ``stderr.txt``).
 
     Shared by the gate tests and every format test that needs an artifact as the CLI writes it
     (ExecuTorch's export is ~30 s, so its tests reuse this run instead of exporting again).
@@ -130,11 +130,12 @@ def cli_exports(tmp_path_factory, fixture_weights, imagenet_dir) -> Path:
     out = tmp_path_factory.mktemp("cli_exports") / "exports"
     command = [sys.executable, "-m", "spnas.cli.export", "--format", "all", "--int8", "--weights",
                str(fixture_weights), "--calib", str(imagenet_dir), "--num-calib", "64", "--num-parity", "20",
-               "--app", "mediapipe", "--coreml-ep", "--out", str(out)]
+               "--app", "mediapipe", "--coreml-ep", "--out", str(out), "--quiet"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0, result.stderr
     (out.parent / "stdout.txt").write_text(result.stdout)  # the tables, for tests of what the CLI prints
+    (out.parent / "stderr.txt").write_text(result.stderr)
     return out
 
 

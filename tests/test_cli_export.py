@@ -70,8 +70,16 @@ def test_report_contract(default_run):
                                                        "spnasnet_100_int8.tflite"]
 
 
-def test_strict_refuses_random_weights(tmp_path):
+def test_strict_refuses_random_weights(tmp_path, capsys):
     assert main(["--format", "tflite", "--weights", "random", "--strict", "--out", str(tmp_path / "o")]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "error: --strict: refusing random weights"
+
+
+def test_quiet_prints_nothing_on_stderr(cli_exports):
+    """The session's ``--format all --int8 --quiet`` run: coremltools' progress bars, TF's and XNNPACK's log lines
+    and our own progress are all silenced on a successful run."""
+    assert (cli_exports.parent / "stderr.txt").read_text() == ""
+    assert "spnasnet_100_int8.mlpackage" in (cli_exports.parent / "stdout.txt").read_text()
 
 
 def test_help_is_instant():
@@ -126,6 +134,8 @@ def test_bad_calibration_folder(tmp_path, case):
     (["--format", "pdf"], "invalid choice: 'pdf'"),
     (["--format", "onnx", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--int8"], "the following arguments are required: --format"),
+    (["--format", "onnx", "--app", "mediapipe"], "--app needs --format tflite or all"),  # the request's own check
+    (["--format", "tflite", "--fallback", "auto"], "--fallback auto needs --int8"),
 ])
 def test_usage_errors(tmp_path, argv, expect):
     result = subprocess.run([*EXPORT, *argv, "--out", str(tmp_path / "out")], capture_output=True, text=True,

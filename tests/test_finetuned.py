@@ -287,7 +287,7 @@ def class_names_inside(path, format_name: str) -> list[str]:
 
         return associated_files(path.read_bytes())[LABELS_FILE].decode().splitlines()
     if format_name == "onnx":
-        from spnas.export.onnx import read_metadata
+        from spnas.export.onnx_runtime import read_metadata
 
         return json.loads(read_metadata(path)["spnas.class_names"])
     if format_name == "coreml":

@@ -17,7 +17,7 @@ import pytest
 from onnx import numpy_helper
 
 from spnas.errors import SpnasError
-from spnas.export import ExportContext, load_runner
+from spnas.export import ExportContext, load_runner, onnx_runtime
 from spnas.export import onnx as onnx_format
 from spnas.export.options import FormatOptions
 from spnas.folding import fold_batchnorm
@@ -186,12 +186,12 @@ def test_u8s8_encoding_holds_the_same_integers(onnx_artifacts, parity_pixels, tm
     runner = onnx_format.load(path, num_threads=1)
     assert runner.weight_encoding == "u8s8" and onnx_format.load(onnx_artifacts["int8"].path).weight_encoding \
         == "portable"
-    if onnx_format.host_has_vnni():
+    if onnx_runtime.host_has_vnni():
         np.testing.assert_array_equal(runner.run(parity_pixels[:4]),
                                       onnx_format.load(onnx_artifacts["int8"].path, num_threads=1)
                                       .run(parity_pixels[:4]))
-    monkeypatch.setattr(onnx_format, "host_has_vnni", lambda: False)
-    monkeypatch.setattr(onnx_format.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(onnx_runtime, "host_has_vnni", lambda: False)
+    monkeypatch.setattr(onnx_runtime.platform, "machine", lambda: "x86_64")
     assert "without VNNI" in runner.cpu_warning() and "--onnx-int8 portable" in runner.cpu_warning()
     assert onnx_format.load(onnx_artifacts["int8"].path).cpu_warning() is None
 
@@ -267,14 +267,14 @@ def test_float_layers_stay_float_with_their_outputs_on_the_plans_grid(onnx_artif
 
 def test_metadata_round_trips(onnx_artifacts, fixture_model):
     for precision in ("fp32", "int8"):
-        metadata = onnx_format.read_metadata(onnx_artifacts[precision].path)
+        metadata = onnx_runtime.read_metadata(onnx_artifacts[precision].path)
         assert PreprocessSpec.from_dict(json.loads(metadata["spnas.preprocessing"])) == DEFAULT_SPEC
         assert metadata["spnas.num_classes"] == "1000"
         assert json.loads(metadata["spnas.weights"]) == {"source": fixture_model.weights_info.source,
                                                           "sha256": fixture_model.weights_info.sha256}
         assert metadata["spnas.precision"] == precision
         assert "NCHW" in metadata["spnas.input"]
-    scheme = json.loads(onnx_format.read_metadata(onnx_artifacts["int8"].path)["spnas.int8_scheme"])
+    scheme = json.loads(onnx_runtime.read_metadata(onnx_artifacts["int8"].path)["spnas.int8_scheme"])
     assert scheme["plan"] == "quant_plan.json" and scheme["per_channel"] is True
     assert scheme["activation_type"] == "uint8" and scheme["reduce_range"] is False
     assert scheme["weight_encoding"] == "portable"

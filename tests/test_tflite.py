@@ -9,6 +9,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
 from spnas.errors import SpnasError  # noqa: E402
+from spnas.export.tflite_runtime import TFLiteRunner
 from spnas.parity import compare  # noqa: E402
 
 pytestmark = pytest.mark.parity
@@ -145,7 +146,7 @@ def test_bias_correction_removes_the_int8_logit_shift(tflite, artifacts, fixture
                                  bias_correction=False)
     results = {}
     for name, runner in (("corrected", tflite.load(artifacts["int8"].path)), ("uncorrected",
-                                                                             tflite.TFLiteRunner(uncorrected))):
+                                                                             TFLiteRunner(uncorrected))):
         logits = runner.run(parity_pixels)
         results[name] = (compare(reference_logits, logits)["sqnr_db"],
                          np.abs((logits - reference_logits).mean(axis=0)).mean())  # mean shift per class
@@ -162,7 +163,7 @@ def test_noise_calibration_fails_the_int8_gate(tflite, fixture_model, parity_pix
     noise = (rng.integers(0, 256, shape) if noise_kind == "uniform" else rng.normal(128, 20, shape))
     noise = np.clip(noise, 0, 255).astype(np.uint8)
     content = tflite.convert(fold_batchnorm(fixture_model), "int8", calibration_pixels=noise)
-    metrics = compare(reference_logits, tflite.TFLiteRunner(content).run(parity_pixels))
+    metrics = compare(reference_logits, TFLiteRunner(content).run(parity_pixels))
     assert metrics["sqnr_db"] < INT8_MIN_SQNR_DB or metrics["top1_agreement"] < INT8_MIN_TOP1, metrics
 
 
@@ -195,7 +196,7 @@ def test_uint8_input_takes_raw_pixels(tflite, fixture_model, calib_pixels, parit
 
     content = tflite.convert(fold_batchnorm(fixture_model), "int8", calibration_pixels=calib_pixels[:32],
                              uint8_input=True)
-    runner = tflite.TFLiteRunner(content)
+    runner = TFLiteRunner(content)
     assert runner.input_dtype == np.uint8 and runner.input["quantization"] == (1.0, 0)
     assert tflite.io_details(content)["input"]["meaning"].startswith("raw RGB")
     prepared = runner.prepare(parity_pixels)

@@ -357,7 +357,7 @@ def profile_layers(detail: list[dict]) -> list[dict]:
 def input_name(runner) -> str:
     """The model input's name, as AI Hub's dataset schema keys it."""
     if runner.format == "onnx":
-        from spnas.export.onnx import INPUT_NAME
+        from spnas.export.onnx_runtime import INPUT_NAME
 
         return INPUT_NAME
     return runner.input["name"]

@@ -4,7 +4,8 @@ Each format module (``spnas.export.onnx``, ``.tflite``, ``.coreml``, ``.executor
 
 - ``SUFFIX``: the artifact file (or package) suffix, e.g. ``".tflite"``;
 - ``export(ctx: ExportContext) -> list[Artifact]``: write the artifacts the context asks for;
-- ``load(path) -> Runner``: open an artifact for inference in the format's real runtime.
+- ``load(path) -> Runner``: open an artifact for inference in the format's real runtime (for ONNX
+  and TFLite the runner is a module of its own, ``onnx_runtime`` and ``tflite_runtime``, beside the lowering).
 
 A ``Runner`` takes the uint8 (N, S, S, 3) RGB crops of ``spnas.preprocess`` and
 returns float32 logits (N, num_classes); it applies normalisation, layout and input

@@ -71,11 +71,7 @@ and makes S8S8 7.5x slower, ``ORT_ENABLE_EXTENDED`` 0.97x. QDQ over QOperator: t
 ORT fuses QDQ (measured with the earlier calibrated export), and QDQ is the portable form other
 execution providers (XNNPACK, NNAPI, QNN) consume.
 
-ONNX Runtime session: ``ORT_ENABLE_ALL`` (it fuses DQ-Conv-Q into QLinearConv and moves int8
-convolutions to NHWC; fp32 gets NCHWc; BASIC/EXTENDED were 2.5x / 1.1x slower), sequential
-execution, ``intra_op_num_threads`` from ``load(path, num_threads=...)``, thread spinning off
-(``spinning=True`` to re-enable; see ``session_options``).  The artifact is the portable QDQ model, not an offline
-ORT-optimized one: that one is hardware-specific and only saves session start-up time.
+The runner, and the ONNX Runtime session it uses, are in ``spnas.export.onnx_runtime``.
 """
 
 from __future__ import annotations
@@ -84,33 +80,26 @@ import contextlib
 import io
 import json
 import logging
-import platform
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from google.protobuf.message import DecodeError
 from onnx import numpy_helper
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
 from spnas.errors import SpnasError
-from spnas.export import Artifact, ExportContext, RunnerBase, artifact_metadata, spec_from_metadata
+from spnas.export import Artifact, ExportContext, artifact_metadata
+from spnas.export.onnx_runtime import INPUT_NAME, OUTPUT_NAME, TAKES_BATCHES, load  # noqa: F401  the format's runner
 from spnas.io import atomic_path
-from spnas.preprocess import DEFAULT_SPEC, normalize
+from spnas.preprocess import DEFAULT_SPEC
 
 SUFFIX = ".onnx"
 OPSET = 18
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 INPUT_DOC = ("input: float32 NCHW (N, 3, S, S), S = spnas.preprocessing input_size, RGB, (pixel / 255 - mean) / std "
              "with spnas.preprocessing; "
              "output logits: float32 (N, num_classes)")
 FORMAT = "onnx"
-X86_MACHINES = ("x86_64", "AMD64")
-VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}
 LAYER_OPS = ("Conv", "Gemm")  # the plan's layers: every Conv, and the classifier Gemm
 POOL_OPS = ("ReduceMean", "GlobalAveragePool")
 RESHAPE_OPS = ("Reshape", "Flatten", "Squeeze")  # after the pool: same values, same grid
@@ -205,21 +194,6 @@ def set_metadata(proto, ctx: ExportContext, precision: str, extra: dict | None =
         f"(N, {len(ctx.class_names)}) logits, softmax for probabilities; class names in spnas.class_names (JSON).")
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file as a dict."""
-    return {p.key: p.value for p in _load_proto(path).metadata_props}
-
-
-def _load_proto(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
-        raise SpnasError(f"{path}: no such ONNX file")
-    try:
-        return onnx.load(str(path))
-    except (DecodeError, OSError, ValueError) as exc:
-        raise SpnasError(f"{path}: not a valid ONNX file ({type(exc).__name__})") from exc
-
-
 # ---------------------------------------------------------------- int8: lowering the plan
 
 
@@ -250,7 +224,6 @@ def with_plan_biases(proto, plan):
     this layer changes.  Any layer of the plan missing from the graph, or of the graph missing
     from the plan, is an error.
     """
-    from onnx import numpy_helper
 
     model = onnx.ModelProto()
     model.CopyFrom(proto)
@@ -448,7 +421,6 @@ def encode_weights(model, plan, weights: str = DEFAULT_WEIGHT_ENCODING) -> None:
     """Store the ``uint8_weight_layers`` int8 weights q as uint8 q + 128 with zero point 128 (one for all
     channels, as ORT's QLinearConv requires): the same integers, but ORT then runs its U8U8 kernels, which
     widen to 16 bits and are exact where U8S8's ``vpmaddubsw`` pairs saturate (x86 without VNNI)."""
-    from onnx import numpy_helper
 
     initializers = {init.name: init for init in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -479,7 +451,7 @@ def _quantize_float_gaps(model, plan, activations: str = "uint8") -> None:
     a tensor only for a quantized node: the output of a float layer read only by float nodes (two
     adjacent float layers, a float classifier's logits and the pool feeding it) stays float.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     graph = model.graph
     quantized = {node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"}
@@ -519,7 +491,6 @@ def check_lowering(model, plan, activations: str = "uint8", weights: str = DEFAU
     and its int32 bias, at input scale x weight scale, dequantizes to the plan's bias within half
     a step; a float layer reads float weights and the plan's float bias.
     """
-    from onnx import numpy_helper
 
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
@@ -594,7 +565,6 @@ def _item(value) -> str:
 
 def _quantized_io(proto) -> dict:
     """Scale / zero point of the graph input's QuantizeLinear, for the report."""
-    from onnx import numpy_helper
 
     constants = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     for node in proto.graph.node:
@@ -646,116 +616,3 @@ def export(ctx: ExportContext) -> list[Artifact]:
                "quantization": recorded, **_quantized_io(quantized)}
     artifacts.append(Artifact("onnx", "int8", int8_path, details))
     return artifacts
-
-
-def host_has_vnni() -> bool:
-    """Whether this CPU has the int8 dot product ONNX Runtime's U8S8 kernels need to be exact (x86)."""
-    from spnas.machine import machine_facts
-
-    return bool(VNNI_FLAGS & set(machine_facts().get("cpu_simd", [])))
-
-
-def session_options(num_threads: int | None = None, spinning: bool = False):
-    """ORT_ENABLE_ALL, sequential; idle intra-op threads sleep instead of spinning by default.
-
-    Spinning threads fight other processes for the cores: on the shared 2-core benchmark machine
-    turning it off made 2-thread fp32 1.8x and int8 3x faster (benchmarks/onnx_int8.py).
-    """
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    if num_threads is not None:
-        options.intra_op_num_threads = int(num_threads)
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-class OnnxRunner(RunnerBase):
-    """An ONNX file in ONNX Runtime's CPU provider, fed like an app feeds it."""
-
-    format = "onnx"
-
-    def __init__(self, path: str | Path, num_threads: int | None = None, spinning: bool = False,
-                 batch: int | None = None):
-        proto = _load_proto(path)
-        metadata = {p.key: p.value for p in proto.metadata_props}
-        self.path = Path(path)
-        self.metadata = metadata
-        self.spec = spec_from_metadata(metadata)
-        quantized = any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in proto.graph.node)
-        self.precision = metadata.get("spnas.precision", "int8" if quantized else "fp32")
-        if batch and batch > 1:
-            proto = dynamic_batch(proto)
-        try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), session_options(num_threads, spinning),
-                                                providers=["CPUExecutionProvider"])
-        except (InvalidProtobuf, InvalidGraph, Fail) as exc:
-            raise SpnasError(f"{path}: ONNX Runtime cannot load it ({str(exc).strip().splitlines()[0][:160]})") \
-                from exc
-        fixed = self.session.get_inputs()[0].shape[0]
-        self.batch_size = fixed if isinstance(fixed, int) else batch or 32
-
-    @property
-    def weight_encoding(self) -> str | None:
-        """int8: the ``WEIGHT_ENCODINGS`` key (artifacts older than the choice are u8s8); fp32: None."""
-        if self.precision != "int8":
-            return None
-        return json.loads(self.metadata.get("spnas.int8_scheme", "{}")).get("weight_encoding", "u8s8")
-
-    def cpu_warning(self) -> str | None:
-        if self.weight_encoding != "u8s8" or platform.machine() not in X86_MACHINES or host_has_vnni():
-            return None
-        return ("u8s8 int8 weights on an x86 CPU without VNNI: ONNX Runtime's U8S8 kernels saturate here, so these "
-                "figures are not the plan's (re-export with --onnx-int8 portable, or run the session with "
-                "session.x64quantprecision=1)")
-
-    def prepare(self, pixels: np.ndarray) -> np.ndarray:
-        return normalize(pixels, self.spec, "NCHW")
-
-    def invoke(self, prepared: np.ndarray) -> np.ndarray:
-        outputs = [self.session.run([OUTPUT_NAME], {INPUT_NAME: prepared[start:start + self.batch_size]})[0]
-                   for start in range(0, len(prepared), self.batch_size)]
-        return self.decode(np.concatenate(outputs))
-
-    def decode(self, raw: np.ndarray) -> np.ndarray:
-        """The ``logits`` output as float32; also for outputs a phone returned."""
-        return np.asarray(raw).astype(np.float32)
-
-
-def dynamic_batch(proto):
-    """A batch-1 graph with its batch dimension made symbolic, so validation feeds it many images per run: the
-    input and output say ``N``, a ``Reshape`` to a leading 1 infers it (-1), and the
-    intermediate shapes written at batch 1 are dropped.  Unchanged if any of that does not hold."""
-    graph = proto.graph
-    ends = [*graph.input, *graph.output]
-    if any(not e.type.tensor_type.shape.dim or e.type.tensor_type.shape.dim[0].dim_value != 1 for e in ends):
-        return proto
-    shapes = {node.input[1] for node in graph.node if node.op_type == "Reshape"}
-    initializers = {init.name: init for init in graph.initializer if init.name in shapes}
-    if shapes - set(initializers):
-        return proto  # a shape computed in the graph: leave the graph at batch 1
-    targets = {name: numpy_helper.to_array(init).copy() for name, init in initializers.items()}
-    if any(shape.size == 0 or (shape[0] == 1 and -1 in shape[1:]) for shape in targets.values()):
-        return proto
-    batched = onnx.ModelProto()
-    batched.CopyFrom(proto)
-    for init in batched.graph.initializer:
-        if init.name in targets and targets[init.name][0] == 1:
-            targets[init.name][0] = -1  # not 0: the exporter writes allowzero=1
-            init.CopyFrom(numpy_helper.from_array(targets[init.name], init.name))
-    for end in [*batched.graph.input, *batched.graph.output]:
-        end.type.tensor_type.shape.dim[0].dim_param = "N"
-    del batched.graph.value_info[:]
-    return batched
-
-
-TAKES_BATCHES = True  # dynamic_batch
-
-
-def load(path: str | Path, num_threads: int | None = None, spinning: bool = False,
-         batch: int | None = None) -> OnnxRunner:
-    """Open an ONNX artifact in ONNX Runtime; ``num_threads`` sets intra-op threads (None: ORT default);
-    ``batch``: a batch-1 graph runs with a symbolic batch, that many images per run (validation)."""
-    return OnnxRunner(path, num_threads, spinning, batch)
