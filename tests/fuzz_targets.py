@@ -56,8 +56,8 @@ def report_json(data: bytes) -> None:
 
 def image_file(data: bytes) -> None:
     """One file in a calibration or validation folder: a crop of the net's input size, or a one-line skip."""
-    from spnas.intake import UnusableImage
-    from spnas.preprocess import DEFAULT_SPEC, load_pixels
+    from spnas.intake import UnusableImage, load_pixels
+    from spnas.preprocess import DEFAULT_SPEC
 
     handle, name = tempfile.mkstemp(suffix=".img")
     try:

@@ -23,7 +23,8 @@ import pytest
 
 from spnas import android, classes
 from spnas.errors import SpnasError
-from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, load_pixels
+from spnas.intake import load_pixels
+from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

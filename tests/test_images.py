@@ -12,7 +12,8 @@ from PIL import Image
 
 from spnas.errors import SpnasError
 from spnas.images import EMBEDDED_DIR, split_images
-from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, load_pixels, normalize
+from spnas.intake import load_pixels
+from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 
 def test_spec_matches_timm_eval_transform():
