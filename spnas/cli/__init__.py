@@ -49,6 +49,17 @@ def run_cli(body: Callable[[], int], debug: bool) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None, to_request, body) -> int:
+    """Parse ``argv``, build the pipeline's request (``to_request(args)``; its ``SpnasError`` is a usage error,
+    exit 2 with the usage line), then ``run_cli(body(request))``."""
+    args = parser.parse_args(argv)
+    try:
+        request = to_request(args)
+    except SpnasError as exc:
+        parser.error(str(exc))
+    return run_cli(lambda: body(request), args.debug)
+
+
 def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     """The gate overrides shared by spnas-export and spnas-verify (see ``spnas.gates.thresholds_for``)."""
     parser.add_argument("--min-top1", type=float, metavar="X", help="override the top-1 agreement floor")

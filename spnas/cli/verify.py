@@ -84,17 +84,9 @@ def request_from_args(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spnas.errors import SpnasError
+    from spnas.cli import run_command
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        request = request_from_args(args)
-    except SpnasError as exc:
-        parser.error(str(exc))
-    from spnas.cli import run_cli
-
-    return run_cli(lambda: cli_verify(request), args.debug)
+    return run_command(build_parser(), argv, request_from_args, cli_verify)
 
 
 def cli_verify(request) -> int:

@@ -30,7 +30,23 @@ def _problem(checks) -> None:
 
 
 @dataclass(frozen=True)
-class ExportRequest:
+class ImagesAndGates:
+    """What an export and a verification share: the held-out split, the gates, task accuracy and output."""
+
+    num_calib: int = 200
+    num_parity: int = 50
+    seed: int = 0
+    max_image_pixels: int | None = None
+    gates: GateOverrides = field(default_factory=GateOverrides)
+    val: str | None = None
+    max_accuracy_drop: float | None = None
+    val_workers: int | None = None
+    strict: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class ExportRequest(ImagesAndGates):
     """``spnas-export``: the formats to write from one checkpoint, the images and gates that prove them."""
 
     format: str = "tflite"
@@ -44,20 +60,10 @@ class ExportRequest:
     mean: str | None = None
     std: str | None = None
     calib: str | None = None
-    num_calib: int = 200
-    num_parity: int = 50
-    seed: int = 0
-    max_image_pixels: int | None = None
-    gates: GateOverrides = field(default_factory=GateOverrides)
-    val: str | None = None
-    max_accuracy_drop: float | None = None
-    val_workers: int | None = None
     fallback: str = "off"
     fallback_layers: int = 3
     plan: str | None = None
     out: str = "exports"
-    strict: bool = False
-    quiet: bool = False
     formats: FormatOptions = field(default_factory=FormatOptions)
     android_assets: str | None = None
 
@@ -93,20 +99,12 @@ ONLY_WITH_THEIR_FORMAT = ("app", "coreml_ep", "pte_partitioners")
 
 
 @dataclass(frozen=True)
-class VerifyRequest:
+class VerifyRequest(ImagesAndGates):
     """``spnas-verify``: artifacts to gate against their reference on held-out images, here or elsewhere."""
 
     artifacts: tuple[str, ...] = ()
     weights: str | None = None
-    images: str | None = None
-    num_calib: int = 200
-    num_parity: int = 50
-    seed: int = 0
-    max_image_pixels: int | None = None
-    gates: GateOverrides = field(default_factory=GateOverrides)
-    val: str | None = None
-    max_accuracy_drop: float | None = None
-    val_workers: int | None = None
+    images: str | None = None  # parity images split as the export splits them (num_calib skipped, num_parity kept)
     json: str | None = None
     markdown: str | None = None
     explain: bool = False
@@ -119,8 +117,6 @@ class VerifyRequest:
     compute_unit: str | None = None
     ai_hub_options: str = ""
     ai_hub_timeout: float = 3600.0
-    strict: bool = False
-    quiet: bool = False
 
     def __post_init__(self):
         from spnas.bench.aihub import misused_flag
