@@ -68,7 +68,7 @@ class Thresholds:
         return failed
 
 
-# Defaults per precision, set from benchmarks/gate_thresholds.py on the fixture weights (README,
+# Defaults per precision, set from benchmarks/gate_thresholds.py on the fixture weights (docs/parity.md,
 # "Parity thresholds"): correct exports measure fp32 <= 1e-6, fp16 >= 67 dB, int8 >= 30.5 dB and
 # top-1 >= 0.98; every deliberate fault measures <= 14.8 dB and top-1 <= 0.58.
 DEFAULT_THRESHOLDS = {

@@ -22,8 +22,6 @@ from pathlib import Path
 import pytest
 from conftest import shared_path
 
-import spnas
-
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_LANGS = {"bash", "sh", "console"}
@@ -37,10 +35,6 @@ EXIT_HERE = {
     "spnas-verify exports/spnasnet_100_int8.tflite --val val.csv --max-accuracy-drop 1":
         (1, "17 validation images: the drop's 95 % interval is far wider than 1 point, so the gate fails"),
 }
-# Python examples written against the API of issue #26 (spnas.load, spnas.verify as a function,
-# spnas.pipeline): expected to fail until that API exists. Delete this once it has landed.
-API26 = re.compile(r"spnas\.load\(|spnas\.pipeline|spnas\.verify\(")
-API26_MISSING = not hasattr(spnas, "load")
 
 # The placeholders the docs use, made real in each page's folder by make_placeholders():
 #   my-finetune/       -> ../shared/data/spnasnet_100_coarse8 (timm's save_for_hf folder, 8 classes)
@@ -232,11 +226,7 @@ def test_every_block_is_run_or_says_why_not():
             compile(block.text, block.name, "exec")
 
 
-@pytest.mark.parametrize("block", [
-    pytest.param(block, id=block.name, marks=[pytest.mark.xfail(
-        API26_MISSING and bool(API26.search(block.text)), strict=True,
-        reason="written against the Python API of issue #26, not there yet")])
-    for block in RUN_BLOCKS])
+@pytest.mark.parametrize("block", [pytest.param(block, id=block.name) for block in RUN_BLOCKS])
 def test_block_runs(block, workspaces):
     failures = workspaces(block.page).outcome(block).failures
     assert not failures, f"{block.name}:\n" + "\n".join(failures)

@@ -68,7 +68,7 @@ def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
                              "floor instead of the default one relative to the plan's simulation")
     parser.add_argument("--max-rel-error", type=float, metavar="Z", help="override the relative error ceiling")
     plan = parser.add_argument_group("int8 plan gates (relative to the same images' int8-vs-float SQNR; "
-                                     "README, \"Parity thresholds\")")
+                                     "docs/parity.md, \"Parity thresholds\")")
     plan.add_argument("--min-pooled-sqnr-db", type=float, metavar="P",
                       help="floor of the plan's simulated SQNR at the pooled features (default 16)")
     plan.add_argument("--simulation-margin-db", type=float, metavar="M",

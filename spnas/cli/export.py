@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--onnx-int8", choices=["portable", "u8s8"], default="portable",
                       help="int8 weight encoding (same plan, same integers): portable (default) computes the plan "
                            "on every CPU; u8s8 is about 1.7x faster on x86 with VNNI but saturates without VNNI "
-                           "(README, 'ONNX int8 on every CPU')")
+                           "(docs/int8.md, 'ONNX int8 on every CPU')")
     onnx.add_argument("--coreml-ep", action="store_true",
                       help="also write spnasnet_100_fp32_coreml_ep.onnx, which ONNX Runtime's Core ML execution "
                            "provider takes whole in both its model formats (the int8 QDQ model falls off it)")

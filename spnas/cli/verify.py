@@ -26,7 +26,7 @@ precision: fp32 relative error <= 1e-5; fp16 SQNR >= 40 dB; int8 top-1 agreement
 and SQNR >= 22 dB. An int8 artifact that lowers the quant_plan.json beside it is gated relative
 to the plan's simulation on the same images instead: SQNR vs float at most 3 dB under the
 simulation's, closer to the simulation than the simulation is to float, the plan's pooled
-features >= 16 dB, pairs of artifacts closer to each other than to float (README, "Parity
+features >= 16 dB, pairs of artifacts closer to each other than to float (docs/parity.md, "Parity
 thresholds"). --ai-hub runs the same images on real
 phones of Qualcomm AI Hub and gates each device's outputs with the same thresholds; a device
 whose job fails exits 2 after the others are reported.

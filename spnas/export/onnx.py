@@ -104,7 +104,7 @@ LAYER_OPS = ("Conv", "Gemm")  # the plan's layers: every Conv, and the classifie
 POOL_OPS = ("ReduceMean", "GlobalAveragePool")
 RESHAPE_OPS = ("Reshape", "Flatten", "Squeeze")  # after the pool: same values, same grid
 # How the plan's int8 weights are stored; both hold the same integers (uint8 = int8 + 128), so the same function,
-# but ONNX Runtime picks its kernels by the weight type (README, "ONNX int8 on every CPU").
+# but ONNX Runtime picks its kernels by the weight type (docs/int8.md, "ONNX int8 on every CPU").
 WEIGHT_ENCODINGS = {
     "portable": "uint8 weights (zero point 128) in every layer but the depthwise convs, int8 there: ONNX Runtime's "
                 "U8U8 and depthwise kernels are exact on every x86 and Arm CPU",
