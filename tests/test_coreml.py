@@ -350,7 +350,7 @@ def test_coreml_runtime_agrees_with_evaluator(default_artifacts, parity_pixels):
 
 
 def test_bad_int8_mode_is_a_one_line_error(fixture_model, calib_pixels, tmp_path):
-    with pytest.raises(SpnasError, match="coreml-int8-mode"):
+    with pytest.raises(SpnasError, match="coreml_int8_mode='w4': choose from w8a8, w8"):
         export(fixture_model, calib_pixels, tmp_path, coreml_int8_mode="w4")
     assert not list(tmp_path.iterdir())
 

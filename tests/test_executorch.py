@@ -144,9 +144,8 @@ def test_the_pt2e_flow_stays_available(tmp_path):
     with torch.no_grad():
         expected = TinyNet()(torch.from_numpy(normalize(pixels, spec))).numpy()
     np.testing.assert_allclose(et.load(tmp_path / "tiny_int8.pte").invoke(normalize(pixels, spec)), expected, atol=0.05)
-    ctx.options["executorch_int8"] = "qat"
-    with pytest.raises(SpnasError, match="unknown ExecuTorch int8 flow 'qat'"):
-        et.int8_program(ctx)
+    with pytest.raises(SpnasError, match="executorch_int8='qat': choose from plan, pt2e"):
+        FormatOptions.of(executorch_int8="qat")
 
 
 def test_metadata_read_back_from_the_program(cli_exports, fixture_model):
