@@ -7,8 +7,10 @@ Runs the CLI as a user does (fixture weights, ``imagenet-sample``, ``--num-calib
 50 parity images) once per ExecuTorch int8 flow, timestamps every ``spnas:`` progress line as it
 arrives, and records the wall time, the CLI's own step timings (``...: done in Xs``: each format's
 export, each artifact's parity), the time from each progress line to the next (the stages inside a
-format's export: the plan, each lowering), the run's peak RSS, the CPU model, core count and the load
-average before and after.  The machine may be shared: compare flows within one file, not across runs.
+format's export: the plan, each lowering), the run's peak RSS and CPU seconds (user + system of the CLI
+and its children, e.g. ExecuTorch's fp32 lowering worker: less sensitive to other load than wall time),
+the CPU model, core count and the load average before and after.  The machine may be shared: compare
+flows within one file, not across runs.
 Writes ``benchmarks/results/export_time.json``.
 """
 
@@ -33,6 +35,7 @@ from shared_data import SHARED_DATA  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "export_time.json"
 STEP = re.compile(r"^(?P<step>.*): done in (?P<seconds>[0-9.]+)s$")
 TARGET_SECONDS = 60.0
+QUIET_LOAD = 0.5  # 1-minute load average above which other work was running when the export started
 
 
 def load_average() -> list[float]:
@@ -61,7 +64,9 @@ def timed_export(flow: str, out: Path) -> dict:
             for (t, message), (next_t, _) in zip(timeline, timeline[1:], strict=False) if not STEP.match(message)]
     return {"flow": flow, "exit_code": process.returncode, "wall_seconds": round(wall, 1),
             "within_target": wall <= TARGET_SECONDS, "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
             "load_average_before": load_before, "load_average_after": load_average(),
+            "contended": load_before[0] > QUIET_LOAD,
             "steps_seconds": steps, "stages_seconds": gaps}
 
 
@@ -80,7 +85,8 @@ def main(argv=None) -> int:
             result = timed_export(flow, Path(tmp) / "exports")
         run["runs"].append(result)
         print(f"--executorch-int8 {flow}: {result['wall_seconds']:.0f} s wall (exit {result['exit_code']}), "
-              f"peak RSS {result['peak_rss_mb']} MB, load {result['load_average_before'][0]:.1f} -> "
+              f"{result['cpu_seconds']:.0f} CPU s, peak RSS {result['peak_rss_mb']} MB, "
+              f"load {result['load_average_before'][0]:.1f} -> "
               f"{result['load_average_after'][0]:.1f}", flush=True)
         for step, seconds in result["steps_seconds"].items():
             print(f"  {seconds:6.1f} s  {step}")

@@ -200,6 +200,19 @@ def test_an_op_outside_the_delegate_fails_the_export():
         et.lower(et.export_graph(TinyNet(cumsum=True), PreprocessSpec(input_size=8)), {})
 
 
+def test_the_worker_process_lowers_to_the_same_bytes_and_reports_refusals_in_one_line():
+    """The export lowers fp32 in a child interpreter beside the int8 lowering: same program bytes as in-process,
+    and a refused op comes back as the same one-line error."""
+    spec = PreprocessSpec(input_size=8)
+    methods = et.metadata_methods({"spnas.precision": "fp32"}, list("abcd"))
+    program = et.export_graph(TinyNet(), spec)
+    with et._lowering_worker(program, methods) as result:
+        assert result() == et.lower(program, methods)
+    with et._lowering_worker(et.export_graph(TinyNet(cumsum=True), spec), {}) as result, \
+            pytest.raises(SpnasError, match="outside the XNNPACK delegate.*cumsum"):
+        result()
+
+
 def test_thread_pool_is_fixed_once_a_program_is_loaded(cli_exports):
     et.load(cli_exports / "spnasnet_100_fp32.pte")
     current = et.set_threads(None)

@@ -156,10 +156,75 @@ def lower(exported, constant_methods: dict[str, object]) -> tuple[bytes, dict]:
     return bytes(program.buffer), delegation
 
 
+@contextlib.contextmanager
+def _lowering_worker(exported, constant_methods: dict[str, object]):
+    """``lower`` of one program in a child interpreter (``python -c``, so a caller's script needs no ``__main__``
+    guard); yields a function returning its ``(bytes, delegation)``.  The program goes in as ``torch.export.save``
+    bytes on stdin, the result or the error comes back pickled on stdout, stderr goes to a temporary file (a
+    chatty child cannot block on a full pipe)."""
+    import io
+    import pickle
+    import subprocess
+    import tempfile
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.export.save(exported, buffer)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-c", "import sys; job = sys.stdin.buffer.read(); "  # read before the slow imports
+               "from spnas.export.executorch import _lower_worker; _lower_worker(job)"]
+    with tempfile.TemporaryFile() as stderr, \
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env=env) as child:
+        child.stdin.write(pickle.dumps((buffer.getvalue(), constant_methods)))
+        child.stdin.close()
+
+        def result() -> tuple[bytes, dict]:
+            output = child.stdout.read()
+            child.wait()
+            if child.returncode != 0 or not output:
+                stderr.seek(0)
+                tail = stderr.read().decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+                raise SpnasError(f"ExecuTorch lowering worker failed (exit {child.returncode}): {tail[0][:200]}")
+            status, value = pickle.loads(output)
+            if status == "error":
+                raise SpnasError(value)
+            return value
+
+        try:
+            yield result
+        finally:
+            if child.poll() is None:
+                child.kill()
+
+
+def _lower_worker(job: bytes) -> None:
+    """The child's side of ``_lowering_worker``."""
+    import io
+    import pickle
+
+    import torch
+
+    program, constant_methods = pickle.loads(job)
+    with _quiet():
+        exported = torch.export.load(io.BytesIO(program))
+    try:
+        result = ("ok", lower(exported, constant_methods))
+    except SpnasError as exc:
+        result = ("error", str(exc))
+    sys.stdout.buffer.write(pickle.dumps(result))
+
+
 def export(ctx: ExportContext) -> list[Artifact]:
     """Write ``spnasnet_100_fp32.pte`` and, with ``ctx.int8``, ``spnasnet_100_int8.pte`` (``ctx.options
     .executorch.executorch_int8``: ``"plan"``, the default, lowers the export's plan; ``"pt2e"`` is ExecuTorch's own
-    flow)."""
+    flow).
+
+    Lowering is single-threaded Python (decompositions, XNNPACK's passes, serialisation): with ``int8``
+    the fp32 program is lowered in a worker process while this one builds and lowers the int8 program,
+    so the two lowerings use both cores (a quiet measurement is still to be made); the bytes are the same as
+    lowered in turn."""
     from spnas.accelerators.executorch_partitioners import partition_entries, xnnpack_entry
     from spnas.io import atomic_write_bytes
 
@@ -171,16 +236,25 @@ def export(ctx: ExportContext) -> list[Artifact]:
 
     common = {"exporter": f"torch.export + executorch {version('executorch')} to_edge_transform_and_lower",
               "input": {"name": "input", "layout": "NCHW", "dtype": "float32", "shape": [1, 3, size, size]}}
-    builds = [("fp32", lambda: (export_graph(ctx.model, spec), {}))]
+
+    def methods(precision: str) -> dict[str, object]:
+        return metadata_methods({**artifact_metadata(ctx, precision), "spnas.input": INPUT_DOC}, ctx.class_names)
+
+    programs = {"fp32": (export_graph(ctx.model, spec), {})}
+    lowered = {}
     if ctx.int8:
-        builds.append(("int8", lambda: int8_program(ctx)))
+        ctx.progress("executorch: fp32 XNNPACK lowering (in a worker process)")
+        with _lowering_worker(programs["fp32"][0], methods("fp32")) as fp32_result:
+            programs["int8"] = int8_program(ctx)
+            ctx.progress("executorch: int8 XNNPACK lowering")
+            lowered["int8"] = lower(programs["int8"][0], methods("int8"))
+            lowered["fp32"] = fp32_result()
+    else:
+        ctx.progress("executorch: fp32 XNNPACK lowering")
+        lowered["fp32"] = lower(programs["fp32"][0], methods("fp32"))
     artifacts = []
-    for precision, build in builds:
-        exported, extra = build()
-        ctx.progress(f"executorch: {precision} XNNPACK lowering")
-        metadata = {**artifact_metadata(ctx, precision), "spnas.input": INPUT_DOC}
-        methods = metadata_methods(metadata, ctx.class_names)
-        content, delegation = lower(exported, methods)
+    for precision, (exported, extra) in programs.items():
+        content, delegation = lowered[precision]
         ctx.progress(f"executorch: {precision} {delegation['delegated_ops']} ops delegated to XNNPACK in "
                      f"{delegation['delegated_subgraphs']} subgraph(s), {delegation['non_delegated_ops']} outside")
         path = atomic_write_bytes(Path(ctx.out_dir) / f"spnasnet_100_{precision}{SUFFIX}", content)
@@ -188,7 +262,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
         if ctx.options.executorch.pte_partitioners:
             ctx.progress(f"executorch: {precision} Vulkan and Core ML partitioners")
             accelerators.update(partition_entries(exported))
-        artifacts.append(Artifact(FORMAT, precision, path, {**common, "metadata_methods": sorted(methods),
+        artifacts.append(Artifact(FORMAT, precision, path, {**common, "metadata_methods": sorted(methods(precision)),
                                                             "delegation": delegation, **extra},
                                   entry={"accelerators": accelerators}))
     return artifacts
