@@ -735,7 +735,7 @@ class MilProgram:
             for env in images:
                 for step in schedule:
                     step.run(env)
-                results.append({name: env[name] for name in outputs})
+                results.append({name: env[name] if name in env else self.held_constants[name] for name in outputs})
         if batch is None:
             return {name: self._declared_value(name, value) for name, value in results[0].items()}
         return {name: self._declared_value(name, np.concatenate([result[name] for result in results]))
