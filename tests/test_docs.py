@@ -226,7 +226,10 @@ def test_every_block_is_run_or_says_why_not():
             compile(block.text, block.name, "exec")
 
 
-@pytest.mark.parametrize("block", [pytest.param(block, id=block.name) for block in RUN_BLOCKS])
+# The README's examples run in every CI run; the docs/ pages' (the same commands with more flags: --explain,
+# --val, the bench) cost a few more minutes of CPU, so they are the slow doc runs (pytest -m slow).
+@pytest.mark.parametrize("block", [pytest.param(block, id=block.name, marks=[pytest.mark.slow] * (
+    block.page.name != "README.md" or block.page.parent != ROOT)) for block in RUN_BLOCKS])
 def test_block_runs(block, workspaces):
     failures = workspaces(block.page).outcome(block).failures
     assert not failures, f"{block.name}:\n" + "\n".join(failures)
