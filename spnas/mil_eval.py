@@ -43,6 +43,7 @@ import contextlib
 import logging
 import struct
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,13 +92,46 @@ def import_coremltools():
     return coremltools
 
 
-def _single_threaded_blas():
-    """Batch-1 matmuls are small: BLAS threads cost more than they give (0.6 s vs 0.14 s per image on 2 busy cores)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # an optional speed-up (spnas[coreml] installs it)
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+class _SingleThreadedBlas:
+    """One BLAS thread while any evaluation runs, held process-wide.
+
+    Batch-1 matmuls are small: BLAS threads cost more than they give (0.6 s vs 0.14 s per image on 2 busy cores).
+    And OpenBLAS's results depend on its thread count (up to 0.11 in an int8 program's logits), so the limit must
+    hold for the whole of every pass. ``threadpool_limits`` entered per pass cannot promise that when passes run
+    side by side: the first to leave restores the threads while the other still runs, and the last to leave can
+    restore the wrong count. So the passes share one limit, taken by the first and given back by the last.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limits = None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._users == 0:
+                self._limits = self._take()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._limits is not None:
+                    self._limits.restore_original_limits()
+                    self._limits = None
+
+    @staticmethod
+    def _take():
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # an optional speed-up (spnas[coreml] installs it)
+            return None
+        return threadpool_limits(limits=1, user_api="blas")
+
+
+single_threaded_blas = _SingleThreadedBlas()
 
 
 def read_spec(package: str | Path):
@@ -572,7 +606,7 @@ class MilProgram:
         schedule = self._schedule(outputs)
         if batch is not None and any(op.type == "classify" for op, _ in schedule):
             raise SpnasError(f"{self.package}: the classifier outputs take one image at a time")
-        with _single_threaded_blas():
+        with single_threaded_blas():
             for op, dying in schedule:
                 self._execute(op, KERNELS[op.type], env, batch)
                 for name in dying:

@@ -144,6 +144,26 @@ def test_batch_of_images_in_one_pass_equals_each_alone(build):
         run(across, np.ones((2, 4), np.float32))
 
 
+def test_passes_side_by_side_keep_one_blas_thread_until_the_last_ends():
+    """OpenBLAS's results depend on its thread count, so the evaluator's limit must hold while any pass runs: the
+    first pass to end must not give the threads back under the other, nor the last leave them at one."""
+    from threadpoolctl import threadpool_info
+
+    from spnas.mil_eval import single_threaded_blas
+
+    def blas_threads():
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    first, second = single_threaded_blas(), single_threaded_blas()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first pass ends while the second still runs
+    assert blas_threads() == {1}
+    second.__exit__(None, None, None)
+    assert blas_threads() == before
+
+
 def test_relu_fp16(build):
     x = RNG.standard_normal((2, 3, 4)).astype(np.float16)
     program = build(lambda mb, x: mb.relu(x=x), x.shape, dtype=np.float16)
