@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import struct
 import sys
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,46 +92,19 @@ def import_coremltools():
     return coremltools
 
 
-class _SingleThreadedBlas:
-    """One BLAS thread while any evaluation runs, held process-wide.
+def single_threaded_blas():
+    """One BLAS thread for an evaluation, taken by the thread that starts it.
 
     Batch-1 matmuls are small: BLAS threads cost more than they give (0.6 s vs 0.14 s per image on 2 busy cores).
     And OpenBLAS's results depend on its thread count (up to 0.11 in an int8 program's logits), so the limit must
-    hold for the whole of every pass. ``threadpool_limits`` entered per pass cannot promise that when passes run
-    side by side: the first to leave restores the threads while the other still runs, and the last to leave can
-    restore the wrong count. So the passes share one limit, taken by the first and given back by the last.
+    hold for the whole evaluation. threadpoolctl lets only one thread at a time set OpenBLAS's process-wide limit
+    and ignores the others, so passes run side by side (``MilProgram.run_passes``) take it once, in the caller.
     """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._users = 0
-        self._limits = None
-
-    @contextlib.contextmanager
-    def __call__(self):
-        with self._lock:
-            if self._users == 0:
-                self._limits = self._take()
-            self._users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0 and self._limits is not None:
-                    self._limits.restore_original_limits()
-                    self._limits = None
-
-    @staticmethod
-    def _take():
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # an optional speed-up (spnas[coreml] installs it)
-            return None
-        return threadpool_limits(limits=1, user_api="blas")
-
-
-single_threaded_blas = _SingleThreadedBlas()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # an optional speed-up (spnas[coreml] installs it)
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def read_spec(package: str | Path):
@@ -612,6 +585,14 @@ class MilProgram:
                 for name in dying:
                     del env[name]
         return {name: self._declared_value(name, env[name]) for name in outputs}
+
+    def run_passes(self, input_name: str, passes: list[np.ndarray], output: str) -> list[np.ndarray]:
+        """``output`` of each pass's images, the passes side by side, one per core (numpy releases the GIL), under
+        one BLAS limit taken here: a limit taken in each worker would be ignored (see ``single_threaded_blas``)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with single_threaded_blas(), ThreadPoolExecutor(max(1, min(len(passes), os.cpu_count() or 1))) as pool:
+            return list(pool.map(lambda images: self.run({input_name: images}, [output])[output], passes))
 
     def _declared_value(self, name: str, value):
         dtype = self.declared[name].dtype if name in self.declared else None

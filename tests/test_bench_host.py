@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -19,21 +18,9 @@ BENCH = [sys.executable, "-m", "spnas.cli.bench"]
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, fixture_model, calib_pixels):
-    """Float artifacts of every format module present, exported once from the fixture weights."""
-    from spnas.export import ExportContext, format_module
-    from spnas.preprocess import DEFAULT_SPEC
-
-    out = tmp_path_factory.mktemp("bench_artifacts")
-    paths = []
-    for name in ("tflite", "onnx"):
-        if importlib.util.find_spec(f"spnas.export.{name}") is None:
-            continue
-        ctx = ExportContext(model=fixture_model, weights=fixture_model.weights_info, preprocessing=DEFAULT_SPEC,
-                            calibration_pixels=calib_pixels[:8], out_dir=out, progress=lambda message: None)
-        paths += [artifact.path for artifact in format_module(name).export(ctx) if artifact.precision == "fp32"]
-    assert any(path.suffix == ".tflite" for path in paths), "spnas.export.tflite is required"
-    return paths
+def artifacts(cli_exports):
+    """The float .tflite and .onnx of the session's CLI export of the fixture weights."""
+    return [cli_exports / "spnasnet_100_fp32.tflite", cli_exports / "spnasnet_100_fp32.onnx"]
 
 
 @pytest.fixture(scope="module")

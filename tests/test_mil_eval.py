@@ -144,24 +144,40 @@ def test_batch_of_images_in_one_pass_equals_each_alone(build):
         run(across, np.ones((2, 4), np.float32))
 
 
-def test_passes_side_by_side_keep_one_blas_thread_until_the_last_ends():
-    """OpenBLAS's results depend on its thread count, so the evaluator's limit must hold while any pass runs: the
-    first pass to end must not give the threads back under the other, nor the last leave them at one."""
-    from threadpoolctl import threadpool_info
+def test_passes_side_by_side_run_with_one_blas_thread_and_give_it_back(build, monkeypatch):
+    """OpenBLAS's results depend on its thread count, so every pass must see one BLAS thread; threadpoolctl ignores a
+    limit from any thread but the one that holds it, so run_passes takes it in the caller, and gives it back whole:
+    afterwards a worker thread can take its own limit again."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    from spnas.mil_eval import single_threaded_blas
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from spnas import mil_eval
 
     def blas_threads():
         return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
+    seen = []
+
+    def spying_relu(x):
+        seen.append(blas_threads())
+        return mil_eval.op_relu(x)
+
+    program = build(lambda mb, x: mb.relu(x=x), (1, 4))
+    monkeypatch.setitem(mil_eval.KERNELS, "relu", spying_relu)
     before = blas_threads()
-    first, second = single_threaded_blas(), single_threaded_blas()
-    first.__enter__()
-    second.__enter__()
-    first.__exit__(None, None, None)  # the first pass ends while the second still runs
-    assert blas_threads() == {1}
-    second.__exit__(None, None, None)
-    assert blas_threads() == before
+    passes = [RNG.standard_normal((2, 4)).astype(np.float32) for _ in range(4)]
+    (input_name,), (output_name,) = program.inputs, program.outputs
+    outputs = program.run_passes(input_name, passes, output_name)
+    np.testing.assert_array_equal(np.concatenate(outputs), np.maximum(np.concatenate(passes), 0))
+    assert seen == [{1}] * 4 and blas_threads() == before
+
+    def limited_in_a_worker():
+        with threadpool_limits(limits=1, user_api="blas"):
+            return blas_threads()
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(limited_in_a_worker).result() == {1}
 
 
 def test_relu_fp16(build):

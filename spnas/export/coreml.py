@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -248,14 +247,10 @@ class CoreMLRunner(RunnerBase):
         if self.backend == "coreml":
             items = prepared if self.image_input else [prepared[i:i + 1] for i in range(len(prepared))]
             outputs = [self._mlmodel.predict({self.input_name: item})[OUTPUT_NAME] for item in items]
-        else:  # passes side by side, one per core (numpy releases the GIL)
-            from concurrent.futures import ThreadPoolExecutor
-
+        else:
             step = MIL_BATCH if self._program.per_image else 1
-            chunks = [prepared[i:i + step] for i in range(0, len(prepared), step)]
-            with ThreadPoolExecutor(max(1, min(len(chunks), os.cpu_count() or 1))) as pool:
-                outputs = list(pool.map(lambda chunk: self._program.run({self.input_name: chunk}, [OUTPUT_NAME])[
-                    OUTPUT_NAME], chunks))
+            outputs = self._program.run_passes(self.input_name, [prepared[i:i + step]
+                                                                 for i in range(0, len(prepared), step)], OUTPUT_NAME)
         return np.concatenate(outputs).astype(np.float32).reshape(len(prepared), -1)
 
 
