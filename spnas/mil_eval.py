@@ -18,14 +18,19 @@ program's semantics as written; it does not reproduce the numerics of Apple's ru
 the Neural Engine, GPU or CPU (which may accumulate in float16 or fuse ops).
 
 **Speed without new numerics.**  Float tensors are held in float32 whatever their declared
-dtype: an fp16 output is rounded to float16 (by bit arithmetic, equal to numpy's cast) and
+dtype: an fp16 output is rounded to float16 (by float32 arithmetic equal to numpy's cast) and
 widened back, the value every consumer upcast to anyway, so no op pays a float16 round trip on
 its inputs and constants are widened once at load; the declared dtype is restored on the
 program's outputs.  A per-tensor ``dequantize`` of 8-bit integers is a 256-entry table of its
-own results.  A program written for batch 1 runs a batch of N images in one pass when every op
-is per image (checked at load): each op handles the N images at once, and the matrix products
-(convolution, linear) are still one BLAS call per image of the batch-1 shape, so every image's
-result is bit for bit its batch-1 result.  A tensor is freed after its last use.
+own results; when its arithmetic gives that table on all 256 integers, the integers of the
+``quantize`` feeding it stay float32 and it computes instead of looking up.  The ops a set of
+outputs needs are bound to their constants once (a schedule); an op may write its result over
+an input that dies with it.  A program written for batch 1 takes a batch of N images when every
+op is per image (checked at load) and runs them one after the other, each exactly as alone, so
+its tensors stay in the CPU caches.  Convolutions with groups 1 are one BLAS product per image
+(im2col for kernels over 1x1); depthwise ones are shifted multiply-adds over whole channel
+planes, in the order a loop over output pixels would add them.  A tensor is freed after its
+last use.
 
 **Coverage.**  Exactly the ops spnas' graphs contain: ``const``,
 ``constexpr_affine_dequantize``, ``cast``, ``conv`` (groups 1 or depthwise; custom or
@@ -62,6 +67,7 @@ PROTO_DTYPES = {"BOOL": np.bool_, "FLOAT16": np.float16, "FLOAT32": np.float32, 
                 "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8,
                 "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64}
 CAST_DTYPES = {"fp16": np.float16, "fp32": np.float32}
+QUANTIZED_RANGES = {"int8": (np.float32(-128), np.float32(127)), "uint8": (np.float32(0), np.float32(255))}
 
 
 HIDDEN_FROM_COREMLTOOLS = ("tensorflow", "executorch", "torchao", "sklearn")  # frontends spnas never uses
@@ -184,11 +190,12 @@ def _along_axis(values: np.ndarray, rank: int, axis: int | None) -> np.ndarray:
     return values.reshape(shape)
 
 
-def _dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int | None) -> np.ndarray:
+def _dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int | None,
+                out: np.ndarray | None = None) -> np.ndarray:
     """``(q - zero_point) * scale``; subtracting a zero point of 0 changes no float, so it is skipped."""
     if zero_point is None or not np.any(zero_point):
-        return _to_f32(q) * _along_axis(scale, q.ndim, axis)
-    out = _to_f32(q) - _along_axis(zero_point, q.ndim, axis)
+        return np.multiply(_to_f32(q), _along_axis(scale, q.ndim, axis), out=out)
+    out = np.subtract(_to_f32(q), _along_axis(zero_point, q.ndim, axis), out=out)
     out *= _along_axis(scale, q.ndim, axis)
     return out
 
@@ -197,21 +204,21 @@ def op_constexpr_affine_dequantize(quantized_data, zero_point, scale, axis):
     return _dequantize(quantized_data, scale, zero_point, axis)
 
 
-def op_quantize(input, scale, output_dtype, zero_point=None, axis=None):  # MIL parameter names
-    """The clipped integers, as float32: the declared output dtype stores them."""
-    dtype = {"int8": np.int8, "uint8": np.uint8}.get(str(output_dtype))
-    if dtype is None:
+def op_quantize(input, scale, output_dtype, zero_point=None, axis=None, out=None):  # MIL parameter names
+    """The clipped integers, as float32: the declared output dtype stores them.  ``out``: reuse a dying input."""
+    limits = QUANTIZED_RANGES.get(str(output_dtype))
+    if limits is None:
         raise SpnasError(f"MIL quantize to {output_dtype!r} is not supported by spnas.mil_eval")
-    q = _to_f32(input) / _along_axis(scale, input.ndim, axis)
+    q = np.divide(_to_f32(input), _along_axis(scale, input.ndim, axis), out=out)
     np.rint(q, out=q)
     if zero_point is not None:
         q += _along_axis(zero_point, input.ndim, axis)
-    info = np.iinfo(dtype)
-    return np.clip(q, info.min, info.max, out=q)
+    np.maximum(q, limits[0], out=q)  # numpy.clip's values, in 2/3 of its time
+    return np.minimum(q, limits[1], out=q)
 
 
-def op_dequantize(input, scale, zero_point=None, axis=None):
-    return _dequantize(input, scale, zero_point, axis)
+def op_dequantize(input, scale, zero_point=None, axis=None, out=None):
+    return _dequantize(input, scale, zero_point, axis, out)
 
 
 def op_cast(x, dtype):
@@ -220,8 +227,8 @@ def op_cast(x, dtype):
     return x  # the declared output dtype does the rounding
 
 
-def op_relu(x):
-    return np.maximum(x, x.dtype.type(0))  # exact in any dtype, so no float32 round trip
+def op_relu(x, out=None):
+    return np.maximum(x, x.dtype.type(0), out=out)  # exact in any dtype, so no float32 round trip
 
 
 def op_add(x, y):
@@ -269,6 +276,73 @@ def op_classify(probabilities, classes):
     return classes[int(np.argmax(scores))], dict(zip(classes, scores.tolist(), strict=True))
 
 
+def _padded(x: np.ndarray, top: int, bottom: int, left: int, right: int, rows: int, columns: int) -> np.ndarray:
+    """``x`` zero-padded on its last two axes to at least ``rows`` x ``columns`` (numpy.pad costs 5x the copy)."""
+    batch, channels, height, width = x.shape
+    out = np.zeros((batch, channels, max(rows, top + height + bottom), max(columns, left + width + right)), x.dtype)
+    out[:, :, top:top + height, left:left + width] = x
+    return out
+
+
+def _depthwise(x, weight, pads, stride_h, stride_w, dilation_h, dilation_w, out_h, out_w) -> np.ndarray:
+    """Depthwise convolution as shifted multiply-adds, each over one image's whole channel planes.
+
+    Each padded image is split into its ``stride_h x stride_w`` phase planes, so every tap of the kernel reads a
+    plane at a fixed offset with stride 1; flattening a plane's rows, the tap is one contiguous slice of ``out_h``
+    full plane rows per channel (the columns past ``out_w`` are computed and dropped).  Every output value is still
+    ``((0 + w0*x0) + w1*x1) + ...`` in float32, taps in row-major order, as a loop over output pixels would give.
+    """
+    top, bottom, left, right = pads
+    batch, channels, height, width = x.shape
+    _, _, kernel_h, kernel_w = weight.shape
+    row = -(-(width + left + right) // stride_w)  # the phase planes' width
+    if stride_h == stride_w == 1 and 2 * (row - out_w) > out_w:  # small planes: mostly dropped columns
+        return _depthwise_channels_last(_padded(x, top, bottom, left, right, 0, 0), weight, dilation_h, dilation_w,
+                                        out_h, out_w)
+    taps = []
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            phase = (i * dilation_h % stride_h, j * dilation_w % stride_w)
+            offset = (i * dilation_h // stride_h) * row + j * dilation_w // stride_w
+            taps.append((weight[:, 0, i, j].reshape(-1, 1), phase, offset))
+    length = out_h * row
+    plane_rows = max(-(-(height + top + bottom) // stride_h), -(-(max(offset for *_, offset in taps) + length) // row))
+    padded = _padded(x, top, bottom, left, right, plane_rows * stride_h, row * stride_w)
+    out = np.zeros((batch, channels, length), np.float32)
+    term = np.empty((channels, length), np.float32)
+    for image in range(batch):
+        if stride_h == stride_w == 1:
+            planes = padded[image].reshape(1, 1, channels, -1)
+        else:  # (phase row, phase column, channel, plane pixel), in one copy
+            planes = np.ascontiguousarray(padded[image].reshape(channels, plane_rows, stride_h, row, stride_w)
+                                          .transpose(2, 4, 0, 1, 3)).reshape(stride_h, stride_w, channels, -1)
+        total = out[image]
+        for tap_weight, (phase_h, phase_w), offset in taps:
+            np.multiply(tap_weight, planes[phase_h, phase_w, :, offset:offset + length], out=term)
+            total += term
+    return out.reshape(batch, channels, out_h, row)[:, :, :, :out_w]
+
+
+def _depthwise_channels_last(padded, weight, dilation_h, dilation_w, out_h, out_w) -> np.ndarray:
+    """Stride-1 depthwise convolution of small planes image by image in (row, column, channel) order, where a tap's
+    rows are runs of whole pixels' channels: the same multiply-adds in the same order as ``_depthwise``."""
+    batch, channels, _, _ = padded.shape
+    _, _, kernel_h, kernel_w = weight.shape
+    out = np.empty((batch, channels, out_h, out_w), np.float32)
+    total = np.empty((out_h, out_w, channels), np.float32)
+    term = np.empty_like(total)
+    taps = [(np.ascontiguousarray(weight[:, 0, i, j]), i * dilation_h, j * dilation_w)
+            for i in range(kernel_h) for j in range(kernel_w)]
+    for image in range(batch):
+        pixels = np.ascontiguousarray(padded[image].transpose(1, 2, 0))
+        total.fill(0)
+        for tap_weight, top, left in taps:
+            np.multiply(tap_weight, pixels[top:top + out_h, left:left + out_w], out=term)
+            total += term
+        out[image] = total.transpose(2, 0, 1)
+    return out
+
+
 def op_conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilations=None, groups=1):
     """2-D NCHW convolution: im2col + one matmul per image for groups == 1, shifted multiply-adds for depthwise."""
     if x.ndim != 4:
@@ -278,40 +352,41 @@ def op_conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dila
     dilation_h, dilation_w = (1, 1) if dilations is None else (int(d) for d in dilations)
     if str(pad_type) == "custom":
         top, bottom, left, right = (int(p) for p in pad)
-        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    elif str(pad_type) != "valid":
+    elif str(pad_type) == "valid":
+        top = bottom = left = right = 0
+    else:
         raise SpnasError(f"MIL conv pad_type {pad_type!r} is not supported by spnas.mil_eval")
     batch, channels, height, width = x.shape
+    height, width = height + top + bottom, width + left + right
     out_channels, group_channels, kernel_h, kernel_w = weight.shape
     out_h = (height - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
     out_w = (width - dilation_w * (kernel_w - 1) - 1) // stride_w + 1
-
-    def tap(i: int, j: int) -> np.ndarray:
-        top, left = i * dilation_h, j * dilation_w
-        return x[:, :, top:top + stride_h * (out_h - 1) + 1:stride_h, left:left + stride_w * (out_w - 1) + 1:stride_w]
-
-    taps = [(i, j) for i in range(kernel_h) for j in range(kernel_w)]
     groups = int(groups)
     if groups == 1:  # one BLAS product per image (numpy's matmul loops over the stacked images)
+        if top or bottom or left or right:
+            x = _padded(x, top, bottom, left, right, 0, 0)
+
+        def tap(i: int, j: int) -> np.ndarray:
+            top, left = i * dilation_h, j * dilation_w
+            return x[:, :, top:top + stride_h * (out_h - 1) + 1:stride_h,
+                     left:left + stride_w * (out_w - 1) + 1:stride_w]
+
+        taps = [(i, j) for i in range(kernel_h) for j in range(kernel_w)]
         if len(taps) == 1 and stride_h == stride_w == 1:
             flat = x.reshape(batch, channels, out_h * out_w)
         else:
             columns = np.stack([tap(i, j) for i, j in taps], axis=2)  # N, C, K, H', W'
             flat = columns.reshape(batch, channels * len(taps), out_h * out_w)
         out = (weight.reshape(out_channels, -1) @ flat).reshape(batch, out_channels, out_h, out_w)
-    elif groups == channels == out_channels and group_channels == 1:  # image by image: twice as fast (cache)
-        out = np.zeros((batch, out_channels, out_h, out_w), np.float32)
-        term = np.empty_like(out[0])
-        shifted = [(weight[:, 0, i, j].reshape(-1, 1, 1), tap(i, j)) for i, j in taps]
-        for image in range(batch):
-            for tap_weight, view in shifted:
-                np.multiply(tap_weight, view[image], out=term)
-                out[image] += term
+    elif groups == channels == out_channels and group_channels == 1:
+        out = _depthwise(x, weight, (top, bottom, left, right), stride_h, stride_w, dilation_h, dilation_w, out_h,
+                         out_w)
     else:
         raise SpnasError(f"MIL conv with groups={groups} ({channels} -> {out_channels} channels) is not supported "
                          "by spnas.mil_eval (only groups=1 and depthwise)")
-    if bias is not None:
-        out += _to_f32(bias).reshape(1, -1, 1, 1)
+    if bias is not None:  # the products are fresh arrays; the depthwise one is a view of wider rows
+        bias = _to_f32(bias).reshape(1, -1, 1, 1)
+        out = np.add(out, bias, out=out if groups == 1 else None)
     return out
 
 
@@ -335,27 +410,94 @@ def _held(value, dtype, owned: bool = False):
 
 
 def _round_to_float16(x: np.ndarray) -> np.ndarray:
-    """``x.astype(float16).astype(float32)`` bit for bit, in place, at twice its speed: round-to-nearest-even of the
-    float32 bits to float16's 10 mantissa bits; values outside float16's normal range [2**-14, 65520) (zeros,
-    subnormals, overflow, inf, nan) take numpy's own cast."""
-    bits = x.reshape(-1).view(np.int32)  # a view: x is contiguous
-    scratch = bits & 0x7FFFFFFF
+    """``x.astype(float16).astype(float32)`` bit for bit, in place, at 3x its speed.  In float16's normal range
+    [2**-14, 65520) this is Veltkamp's split ``c - (c - x)``, ``c = x * (2**13 + 1)``: float32 arithmetic rounding to
+    nearest-even leaves ``x`` rounded to 24 - 13 = 11 significant bits, float16's, ties to even (checked against
+    numpy's cast on every tie pattern class by the tests); other values (zeros, subnormals, overflow, inf, nan) take
+    numpy's own cast."""
+    flat = x.reshape(-1)  # a view: x is contiguous
+    scratch = flat.view(np.int32) & 0x7FFFFFFF
     scratch -= 0x38800000  # 2**-14
     outside = np.flatnonzero(scratch.view(np.uint32) >= 0x0EFFF000)  # 65520 - 2**-14, as float32 bits
-    kept = x.flat[outside].copy()
-    np.right_shift(bits, 13, out=scratch)
-    scratch &= 1
-    scratch += 0xFFF
-    bits += scratch
-    bits &= ~0x1FFF
-    x.flat[outside] = kept.astype(np.float16).astype(np.float32)
+    kept = flat[outside]
+    with np.errstate(over="ignore", invalid="ignore"):  # only outside values overflow; they are replaced
+        _split_to_float16(flat, scratch.view(np.float32))
+        flat[outside] = kept.astype(np.float16).astype(np.float32)
     return x
+
+
+def _split_to_float16(x: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Veltkamp's split of ``x`` in place: float16 rounding of values that are zeros or in its normal range."""
+    split = np.multiply(x, np.float32(8193), out=scratch)
+    np.subtract(split, x, out=x)
+    return np.subtract(split, x, out=x)
 
 
 # Ops whose output values are input values (or views of them): no rounding when the dtype stays.
 VALUE_PRESERVING = ("relu", "reshape", "cast")
+# Ops whose result is a new float32 array nothing else refers to, and ops that may write theirs over such a dying input.
+FRESH_RESULTS = ("conv", "relu", "add", "sub", "mul", "quantize", "dequantize")
+REUSABLE_INPUT = {"relu": "x", "quantize": "input", "dequantize": "input"}
 # Ops whose every image is computed from that image alone, given the axis they work along.
 PER_IMAGE_AXES = {"reduce_mean": "axes", "softmax": "axis", "quantize": "axis", "dequantize": "axis"}
+
+
+class _Step:
+    """One op of a schedule, its constant inputs bound once: running it costs the kernel and little else."""
+
+    def __init__(self, program: MilProgram, op: Op, kernel, constants: dict, dying: tuple[str, ...]):
+        if any(len(bindings) != 1 for bindings in op.inputs.values()):
+            raise SpnasError(f"{program.package}: MIL op {op.type} {op.name!r} has variadic inputs, not supported by "
+                             "spnas.mil_eval")
+        self.op, self.kernel, self.dying, self.package = op, kernel, dying, program.package
+        self.fixed, self.names = {}, []
+        for parameter, ((kind, content),) in op.inputs.items():
+            if kind == "value":
+                self.fixed[parameter] = content
+            elif content in constants:
+                self.fixed[parameter] = constants[content]
+            else:
+                self.names.append((parameter, content))
+        self.table = program.tables.get(id(op))
+        (self.output, self.output_type), *_ = op.outputs
+        self.integers_as_floats = self.output in program.float_quantized  # a quantize whose integers stay float32
+        self.reuse = None  # the input parameter whose dying array the result may overwrite (set by the schedule)
+        self.keep = op.type in VALUE_PRESERVING and all(
+            program._dtype_of(bindings[0]) is self.output_type.dtype
+            for bindings in op.inputs.values() if bindings[0][0] == "name")
+
+    def run(self, env: dict) -> None:
+        op = self.op
+        arguments = dict(self.fixed)
+        for parameter, name in self.names:
+            arguments[parameter] = env[name]
+        for name in self.dying:
+            del env[name]
+        if self.reuse is not None:
+            arguments["out"] = arguments[self.reuse]
+        if self.table is not None:
+            quantized = arguments["input"]
+            if quantized.dtype == np.float32:  # integers of a quantize held as floats: the table's own arithmetic
+                env[self.output] = _split_to_float16(op_dequantize(**arguments))
+            else:
+                env[self.output] = np.take(self.table, quantized.view(np.uint8))  # 3x faster than indexing
+            return
+        try:
+            result = self.kernel(**arguments)
+        except TypeError as exc:  # an input the kernel does not know
+            raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r}: unsupported inputs ({exc})") from exc
+        if op.type == "classify":  # a class name and a dict, not tensors
+            for (output_name, _), value in zip(op.outputs, result, strict=True):
+                env[output_name] = value
+            return
+        if self.keep or self.integers_as_floats:
+            result = np.asarray(result)  # already held as its declared dtype, or as float32 integers
+        else:
+            result = _held(result, self.output_type.dtype, owned=op.type not in VALUE_PRESERVING)
+        if not _shape_matches(self.output_type.shape, result.shape):
+            raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r} gave shape {result.shape}, program "
+                             f"declares {self.output_type.shape}")
+        env[self.output] = result
 
 
 class MilProgram:
@@ -386,6 +528,8 @@ class MilProgram:
         self.declared = {name: tensor_type for op in ops for name, tensor_type in op.outputs}
         self.declared.update(self.inputs)
         self.tables: dict[int, np.ndarray] = {}
+        self._schedules: dict[tuple[str, ...], list[_Step]] = {}
+        self.float_quantized: set[str] = set()
         held: dict[str, np.ndarray] = {}  # constants as run() holds them (float16 widened, exactly)
         self.ops: list[Op] = []
         for op in ops:
@@ -401,6 +545,35 @@ class MilProgram:
         self.constants = {name: self._declared_value(name, value) for name, value in held.items()}  # as declared
         self.per_image = self._per_image()
         self.tables = {id(op): table for op in self.ops if (table := self._dequantize_table(op)) is not None}
+        self.float_quantized = self._float_quantized()
+
+    def _float_quantized(self) -> set[str]:
+        """The quantize outputs read only by table dequantizes whose arithmetic, rounded by Veltkamp's split alone,
+        gives the table on all 256 integers (so on any tensor): those integers stay float32, no cast and no
+        lookup (the split is exact when no dequantized value is a float16 subnormal or overflows)."""
+        readers: dict[str, list[Op]] = {}
+        for op in self.ops:
+            for bindings in op.inputs.values():
+                for kind, content in bindings:
+                    if kind == "name":
+                        readers.setdefault(content, []).append(op)
+        kept = set()
+        for op in self.ops:
+            name = op.outputs[0][0]
+            if op.type != "quantize" or name in self.outputs or not readers.get(name):
+                continue
+            if all(reader.type == "dequantize" and id(reader) in self.tables and self._split_is_table(reader)
+                   for reader in readers[name]):
+                kept.add(name)
+        return kept
+
+    def _split_is_table(self, op: Op) -> bool:
+        every = np.arange(256, dtype=np.uint8).view(self.declared[op.inputs["input"][0][1]].dtype)
+        scale = self._constant(op.inputs["scale"][0])
+        zero_point = self._constant(op.inputs["zero_point"][0]) if "zero_point" in op.inputs else None
+        with np.errstate(over="ignore", invalid="ignore"):
+            split = _split_to_float16(op_dequantize(every.astype(np.float32), scale, zero_point))
+        return np.array_equal(split.view(np.int32), self.tables[id(op)].view(np.int32))
 
     def _dequantize_table(self, op: Op) -> np.ndarray | None:
         """A per-tensor dequantize of 8-bit integers as a 256-entry table, indexed by the integers' bytes: the op
@@ -504,43 +677,15 @@ class MilProgram:
         name = op.attributes["name"].immediateValue.tensor.strings.values[0] if "name" in op.attributes else ""
         return Op(op.type, name or outputs[0][0], inputs, outputs)
 
-    def _execute(self, op: Op, kernel, env: dict, batch: int | None = None) -> None:
-        """Run one op; ``batch``: N images in a program declared at batch 1 (shapes' leading 1 read as N)."""
-        def resolve(binding):
-            kind, content = binding
-            return env[content] if kind == "name" else content
+    def _execute(self, op: Op, kernel, env: dict) -> None:
+        """Run one op on the tensors in ``env`` (the ``constexpr_*`` weights at load)."""
+        _Step(self, op, kernel, env, ()).run(env)
 
-        if any(len(bindings) != 1 for bindings in op.inputs.values()):
-            raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r} has variadic inputs, not supported by "
-                             "spnas.mil_eval")
-        arguments = {parameter: resolve(bindings[0]) for parameter, bindings in op.inputs.items()}
-        if id(op) in self.tables:
-            env[op.outputs[0][0]] = self.tables[id(op)][arguments["input"].view(np.uint8)]
-            return
-        if batch is not None and op.type == "reshape":
-            arguments["shape"] = (batch, *arguments["shape"][1:])
-        try:
-            result = kernel(**arguments)
-        except TypeError as exc:  # an input the kernel does not know
-            raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r}: unsupported inputs ({exc})") from exc
-        if op.type == "classify":  # a class name and a dict, not tensors
-            for (output_name, _), value in zip(op.outputs, result, strict=True):
-                env[output_name] = value
-            return
-        (output_name, output_type), = op.outputs
-        if op.type in VALUE_PRESERVING and all(self._dtype_of(bindings[0]) is output_type.dtype
-                                               for bindings in op.inputs.values() if bindings[0][0] == "name"):
-            result = np.asarray(result)  # already held as its declared dtype
-        else:
-            result = _held(result, output_type.dtype, owned=op.type not in VALUE_PRESERVING)
-        expected = output_type.shape if batch is None else (batch, *output_type.shape[1:])
-        if not _shape_matches(expected, result.shape):
-            raise SpnasError(f"{self.package}: MIL op {op.type} {op.name!r} gave shape {result.shape}, program "
-                             f"declares {expected}")
-        env[output_name] = result
-
-    def _schedule(self, outputs: tuple[str, ...]) -> list[tuple[Op, list[str]]]:
-        """The ops ``outputs`` need, in program order, each with the tensors that die after it."""
+    def _schedule(self, outputs: tuple[str, ...]) -> list[_Step]:
+        """The ops ``outputs`` need, in program order, bound to their constants, each with the tensors that die
+        after it; compiled once per output list."""
+        if outputs in self._schedules:
+            return self._schedules[outputs]
         needed, wanted = [], set(outputs)
         for op in reversed(self.ops):
             if wanted & {name for name, _ in op.outputs}:
@@ -557,13 +702,24 @@ class MilProgram:
         for name, index in last_use.items():
             if name not in outputs:
                 dying[index].append(name)
-        return list(zip(needed, dying, strict=True))
+        steps = [_Step(self, op, KERNELS[op.type], self.held_constants, tuple(names))
+                 for op, names in zip(needed, dying, strict=True)]
+        fresh = {step.output for step in steps if step.op.type in FRESH_RESULTS and
+                 (step.output_type.dtype in (np.float16, np.float32) or step.integers_as_floats)}
+        for step in steps:
+            parameter = REUSABLE_INPUT.get(step.op.type)
+            name = dict(step.names).get(parameter)
+            if name in fresh and name in step.dying and (step.op.type != "dequantize" or step.table is not None):
+                step.reuse = parameter
+        self._schedules[outputs] = steps
+        return steps
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Evaluate the program (only what ``outputs`` need, default all); inputs are cast to their declared dtype
-        like Core ML does.  A program declared at batch 1 also takes N images at once when every op is per image."""
+        like Core ML does.  A program declared at batch 1 also takes N images at once when every op is per image:
+        they run one after the other, each exactly as alone (and its tensors stay in the CPU caches)."""
         outputs = tuple(self.outputs if outputs is None else outputs)
-        env = dict(self.held_constants)
+        held = {}
         batch = None
         for name, tensor_type in self.inputs.items():
             if name not in feeds:
@@ -575,16 +731,22 @@ class MilProgram:
             elif not _shape_matches(tensor_type.shape, value.shape):
                 raise SpnasError(f"{self.package}: input {name!r} has shape {value.shape}, program expects "
                                  f"{tensor_type.shape}")
-            env[name] = _held(value.astype(tensor_type.dtype, copy=False), tensor_type.dtype)
+            held[name] = _held(value.astype(tensor_type.dtype, copy=False), tensor_type.dtype)
         schedule = self._schedule(outputs)
-        if batch is not None and any(op.type == "classify" for op, _ in schedule):
+        if batch is not None and any(step.op.type == "classify" for step in schedule):
             raise SpnasError(f"{self.package}: the classifier outputs take one image at a time")
+        images = [held] if batch is None else [{name: value[i:i + 1] for name, value in held.items()}
+                                               for i in range(batch)]
+        results = []
         with single_threaded_blas():
-            for op, dying in schedule:
-                self._execute(op, KERNELS[op.type], env, batch)
-                for name in dying:
-                    del env[name]
-        return {name: self._declared_value(name, env[name]) for name in outputs}
+            for env in images:
+                for step in schedule:
+                    step.run(env)
+                results.append({name: env[name] if name in env else self.held_constants[name] for name in outputs})
+        if batch is None:
+            return {name: self._declared_value(name, value) for name, value in results[0].items()}
+        return {name: self._declared_value(name, np.concatenate([result[name] for result in results]))
+                for name in outputs}
 
     def run_passes(self, input_name: str, passes: list[np.ndarray], output: str) -> list[np.ndarray]:
         """``output`` of each pass's images, the passes side by side, one per core (numpy releases the GIL), under

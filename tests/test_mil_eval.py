@@ -120,6 +120,21 @@ def test_float16_rounding_in_float32_is_numpys_cast_bit_for_bit():
         np.testing.assert_array_equal(got.view(np.int32), expected.view(np.int32))
 
 
+def test_float16_rounding_of_every_tie_and_its_neighbours_is_numpys_cast():
+    """Every float32 halfway between two float16 normals (both signs), and the float32 values either side of it:
+    where rounding to nearest-even decides, the float32 split must agree with numpy's cast."""
+    from spnas.mil_eval import _round_to_float16
+
+    exponent, mantissa = np.meshgrid(np.arange(113, 143), np.arange(1024), indexing="ij")
+    ties = (exponent << 23 | mantissa << 13 | 0x1000).astype(np.int32).reshape(-1)
+    bits = np.concatenate([ties - 1, ties, ties + 1])
+    bits = np.concatenate([bits, bits | np.int32(-2**31)])
+    x = bits.view(np.float32)
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(_round_to_float16(x.copy()).view(np.int32), expected.view(np.int32))
+
+
 def test_batch_of_images_in_one_pass_equals_each_alone(build):
     """A batch-1 program run on N images at once (conv, quantize, dequantize, reshape, linear) gives each image
     its batch-1 result bit for bit; a reduction over the batch axis is not run on a batch."""
@@ -170,7 +185,7 @@ def test_passes_side_by_side_run_with_one_blas_thread_and_give_it_back(build, mo
     (input_name,), (output_name,) = program.inputs, program.outputs
     outputs = program.run_passes(input_name, passes, output_name)
     np.testing.assert_array_equal(np.concatenate(outputs), np.maximum(np.concatenate(passes), 0))
-    assert seen == [{1}] * 4 and blas_threads() == before
+    assert len(seen) >= len(passes) and all(threads == {1} for threads in seen) and blas_threads() == before
 
     def limited_in_a_worker():
         with threadpool_limits(limits=1, user_api="blas"):

@@ -198,7 +198,7 @@ def _save(mlmodel, ctx, precision: str, details: dict) -> Artifact:
     return Artifact("coreml", precision, path, details)
 
 
-MIL_BATCH = 16  # images per evaluator pass: amortises each op's numpy overhead; ~25 MB of live tensors per image
+MIL_BATCH = 16  # images per evaluator call: a thread's share of a batch (the evaluator runs them one by one)
 
 
 class CoreMLRunner(RunnerBase):
