@@ -96,10 +96,15 @@ def main() -> int:
                    *(["--exports", args.exports] if args.exports else []),
                    *(["--rate-only"] if args.rate_only else []),
                    *(["--workers", str(args.workers)] if args.workers is not None else [])]
+        load_before = os.getloadavg()
         measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-    document = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": os.getloadavg(),
-                            "note": "shared with other jobs while measured (load average at the end): timings are "
-                                    "contended, compare ratios from one run, not absolute rates"},
+    quiet = load_before[0] < 0.75 * (os.cpu_count() or 1)
+    document = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_before": load_before,
+                            "load_average": os.getloadavg(),
+                            "note": "quiet before measuring (1-minute load average under 0.75 per core); the load "
+                                    "at the end is this benchmark's own" if quiet else
+                                    "shared with other jobs while measured: timings are contended, compare ratios "
+                                    "from one run, not absolute rates"},
                 "n_images": args.n, "folder_build_s": round(built_s, 1), **measured}
     RESULTS.write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(document, indent=2))
