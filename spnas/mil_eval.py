@@ -718,6 +718,11 @@ class MilProgram:
         """Evaluate the program (only what ``outputs`` need, default all); inputs are cast to their declared dtype
         like Core ML does.  A program declared at batch 1 also takes N images at once when every op is per image:
         they run one after the other, each exactly as alone (and its tensors stay in the CPU caches)."""
+        with single_threaded_blas():
+            return self._evaluate(feeds, outputs)
+
+    def _evaluate(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
+        """``run`` without the BLAS limit, which its caller holds."""
         outputs = tuple(self.outputs if outputs is None else outputs)
         held = {}
         batch = None
@@ -738,11 +743,10 @@ class MilProgram:
         images = [held] if batch is None else [{name: value[i:i + 1] for name, value in held.items()}
                                                for i in range(batch)]
         results = []
-        with single_threaded_blas():
-            for env in images:
-                for step in schedule:
-                    step.run(env)
-                results.append({name: env[name] if name in env else self.held_constants[name] for name in outputs})
+        for env in images:
+            for step in schedule:
+                step.run(env)
+            results.append({name: env[name] if name in env else self.held_constants[name] for name in outputs})
         if batch is None:
             return {name: self._declared_value(name, value) for name, value in results[0].items()}
         return {name: self._declared_value(name, np.concatenate([result[name] for result in results]))
@@ -750,11 +754,11 @@ class MilProgram:
 
     def run_passes(self, input_name: str, passes: list[np.ndarray], output: str) -> list[np.ndarray]:
         """``output`` of each pass's images, the passes side by side, one per core (numpy releases the GIL), under
-        one BLAS limit taken here: a limit taken in each worker would be ignored (see ``single_threaded_blas``)."""
+        one BLAS limit taken here; the workers take none: threadpoolctl would ignore it (``single_threaded_blas``)."""
         from concurrent.futures import ThreadPoolExecutor
 
         with single_threaded_blas(), ThreadPoolExecutor(max(1, min(len(passes), os.cpu_count() or 1))) as pool:
-            return list(pool.map(lambda images: self.run({input_name: images}, [output])[output], passes))
+            return list(pool.map(lambda images: self._evaluate({input_name: images}, [output])[output], passes))
 
     def _declared_value(self, name: str, value):
         dtype = self.declared[name].dtype if name in self.declared else None
