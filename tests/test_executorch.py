@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -200,17 +201,27 @@ def test_an_op_outside_the_delegate_fails_the_export():
         et.lower(et.export_graph(TinyNet(cumsum=True), PreprocessSpec(input_size=8)), {})
 
 
-def test_the_worker_process_lowers_to_the_same_bytes_and_reports_refusals_in_one_line():
-    """The export lowers fp32 in a child interpreter beside the int8 lowering: same program bytes as in-process,
-    and a refused op comes back as the same one-line error."""
+def test_the_worker_process_lowers_to_the_same_bytes_and_reports_refusals_in_one_line(monkeypatch):
+    """The export lowers fp32 in a child interpreter beside the int8 lowering: a program lowers to the same bytes
+    there as in-process (an int8 one too: its quantized ops must load in the child), and the child's side answers
+    a refused op with the same one-line error (run here: a second child costs ~15 s of imports)."""
+    import io
+    import pickle
+
     spec = PreprocessSpec(input_size=8)
-    methods = et.metadata_methods({"spnas.precision": "fp32"}, list("abcd"))
-    program = et.export_graph(TinyNet(), spec)
+    methods = et.metadata_methods({"spnas.precision": "int8"}, list("abcd"))
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    program = et.quantize_default(TinyNet(), pixels, spec)
     with et._lowering_worker(program, methods) as result:
-        assert result() == et.lower(program, methods)
-    with et._lowering_worker(et.export_graph(TinyNet(cumsum=True), spec), {}) as result, \
-            pytest.raises(SpnasError, match="outside the XNNPACK delegate.*cumsum"):
-        result()
+        expected = et.lower(program, methods)
+        assert result() == expected
+    saved = io.BytesIO()
+    torch.export.save(et.export_graph(TinyNet(cumsum=True), spec), saved)
+    answer = io.TextIOWrapper(io.BytesIO())
+    monkeypatch.setattr(sys, "stdout", answer)
+    et._lower_worker(pickle.dumps((saved.getvalue(), {})))
+    status, message = pickle.loads(answer.buffer.getvalue())
+    assert status == "error" and re.search("outside the XNNPACK delegate.*cumsum", message)
 
 
 def test_thread_pool_is_fixed_once_a_program_is_loaded(cli_exports):

@@ -61,8 +61,10 @@ def test_fallback_keeps_layers_in_float_until_the_simulated_gate_passes(fallback
     if rounds[-1]["passed"]:  # the gate passed: the float layers are every round's, and the export exits 0
         assert code == 0 and final["gate"]["status"] == "passed" and final["parity"]["sqnr_db"] >= floor
         assert block["float_layers"] == [name for r in rounds for name in r["added"]]
-    else:  # no round passed: the best simulated round (or the first plan) is kept, said, and the gate fails
-        assert code == 1 and len(rounds) == 3 and final["gate"]["status"] == "failed"
+    else:  # no round passed: the best simulated round (or the first plan) is kept, said, and the plan's gate fails;
+        # the artifact is still gated on its own runtime, which can land a hair above the floor: the exit code says so
+        assert len(rounds) == 3 and final["gate"]["status"] == "failed"
+        assert code == (0 if entry["passed"] else 1) and entry["passed"] == (entry["parity"]["sqnr_db"] >= floor)
         best = max([first["parity"]["sqnr_db"]] + [r["sqnr_db"] for r in rounds])
         assert final["parity"]["sqnr_db"] == best
         assert block["helped"] or block["note"].startswith("no float layer helps")

@@ -130,17 +130,17 @@ def test_each_lowering_is_gated_against_the_plan_simulation(exported):
             simulation["logit_sqnr_db"] - MAX_BELOW_SIMULATION_DB, abs=0.01)
 
 
-def test_pairwise_floor_fails_the_verify_run(exported):
-    import subprocess
-    import sys
+def test_pairwise_floor_fails_the_verify_run(exported, capsys):
+    from spnas.cli.verify import main as verify
 
     out, report, _ = exported
     paths = [str(out / e["path"]) for e in plan_entries(report).values() if e["format"] != "coreml"]
-    result = subprocess.run([sys.executable, "-m", "spnas.cli.verify", *paths, "--min-int8-agreement-db", "90"],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "int8 artifacts against each other" in result.stdout and "FAILED" in result.stdout
-    assert "FAIL spnasnet_100_int8" not in result.stdout  # each artifact alone passes: only the pair gate failed
+    capsys.readouterr()
+    code = verify([*paths, "--min-int8-agreement-db", "90"])
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    assert "int8 artifacts against each other" in printed and "FAILED" in printed
+    assert "FAIL spnasnet_100_int8" not in printed  # each artifact alone passes: only the pair gate failed
 
 
 def test_layer_drift_runs_on_the_simulation_for_every_format(exported, folded, parity_pixels):

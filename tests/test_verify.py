@@ -80,16 +80,20 @@ BROKEN = [
 
 @pytest.mark.parametrize("format_name, precision, fault", BROKEN)
 def test_broken_artifacts_fail(format_name, precision, fault, fixture_model, calib_pixels, fixture_weights,
-                               imagenet_dir, tmp_path):
+                               imagenet_dir, tmp_path, capsys):
+    """(``spnas-verify`` in this process: the CLI's own process is tested above, and a new one costs ~5 s.)"""
+    from spnas.cli.verify import main as verify
+
     model, spec, pixels = apply_fault(fault, fixture_model, DEFAULT_SPEC, calib_pixels[:32])
     ctx = ExportContext(model=model, weights=fixture_model.weights_info, preprocessing=spec,
                         calibration_pixels=pixels, out_dir=tmp_path, int8=precision == "int8",
                         progress=lambda message: None)
     (artifact,) = [a for a in format_module(format_name).export(ctx) if a.precision == precision]
-    result = run([*VERIFY, str(artifact.path), "--weights", str(fixture_weights), "--images", str(imagenet_dir),
-                  *SPLIT])
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "FAILED" in result.stdout and f"FAIL {artifact.path.name}:" in result.stdout
+    capsys.readouterr()
+    code = verify([str(artifact.path), "--weights", str(fixture_weights), "--images", str(imagenet_dir), *SPLIT])
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    assert "FAILED" in printed and f"FAIL {artifact.path.name}:" in printed
 
 
 def test_explain_gives_every_int8_layer(exported, tmp_path):
@@ -153,6 +157,9 @@ def test_arm64_needs_tflite(exported):
     assert result.returncode == 2 and "--arm64 runs .tflite artifacts only" in result.stderr
 
 
-def test_threshold_override_turns_a_pass_into_a_failure(exported):
-    result = run([*VERIFY, str(exported / "spnasnet_100_int8.onnx"), "--min-sqnr-db", "80"])
-    assert result.returncode == 1 and "SQNR" in result.stdout
+def test_threshold_override_turns_a_pass_into_a_failure(exported, capsys):
+    from spnas.cli.verify import main as verify
+
+    capsys.readouterr()
+    code = verify([str(exported / "spnasnet_100_int8.onnx"), "--min-sqnr-db", "80"])
+    assert code == 1 and "SQNR" in capsys.readouterr().out

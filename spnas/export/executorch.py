@@ -208,6 +208,8 @@ def _lower_worker(job: bytes) -> None:
 
     program, constant_methods = pickle.loads(job)
     with _quiet():
+        import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops an int8 program uses)
+
         exported = torch.export.load(io.BytesIO(program))
     try:
         result = ("ok", lower(exported, constant_methods))

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from spnas.folding import FoldedNet, _apply
+from spnas.folding import FoldedNet, _apply, torch_batch
 from spnas.quantize.plan import LayerQuant, QuantPlan
 from spnas.quantize.simulate import Int8Ops
 
@@ -31,8 +31,6 @@ class _Corrector(Int8Ops):
         self.corrected: dict[str, np.ndarray] = {}
 
     def conv(self, conv, pair):
-        import torch
-
         float_in, int8_in = pair
         float_out = _apply(replace(self.float_layers[conv.name], relu=False), float_in)
         int8_out = _apply(replace(self.layers[conv.name], relu=False), int8_in)
@@ -41,7 +39,7 @@ class _Corrector(Int8Ops):
         int8_out -= shift.view(1, -1, *([1] * (int8_out.ndim - 2)))
         self.corrected[conv.name] = (self.layers[conv.name].bias - shift.numpy()).astype(np.float32)
         if conv.relu:
-            float_out, int8_out = torch.relu(float_out), torch.relu(int8_out)
+            float_out, int8_out = float_out.relu_(), int8_out.relu_()
         return float_out, int8_out
 
     def add(self, name, out, skip):
@@ -60,7 +58,7 @@ def correct_biases(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray) -> Qu
 
     corrector = _Corrector(folded, plan)
     with torch.inference_mode():
-        x = torch.from_numpy(np.asarray(x_nchw[:BIAS_CORRECTION_IMAGES], np.float32))
+        x = torch_batch(x_nchw[:BIAS_CORRECTION_IMAGES])
         folded.walk((x, x), corrector)
     layers = {name: LayerQuant(layer.weight_scales, corrector.corrected[name].tolist())
               for name, layer in plan.layers.items()}

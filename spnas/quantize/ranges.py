@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spnas.folding import FoldedNet, NetOps, TorchOps
+from spnas.folding import FoldedNet, NetOps, TorchOps, torch_batch
 from spnas.preprocess import PreprocessSpec
 from spnas.quantize.calibration import CalibrationReader, batches
 
@@ -68,7 +68,7 @@ def _walk_all(folded: FoldedNet, reader: CalibrationReader, observer: _Observer)
 
     with torch.inference_mode():
         for batch in batches(reader):
-            folded.walk(torch.from_numpy(batch), observer)
+            folded.walk(torch_batch(batch), observer)
     return observer.stats
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from spnas.folding import FoldedNet, NetOps, _apply
+from spnas.folding import FoldedNet, NetOps, _apply, torch_batch
 from spnas.quantize.plan import QMAX, QMIN, QuantPlan, TensorQuant
 
 WEIGHT_QMAX = 127
@@ -44,9 +44,8 @@ def quantize_weight(weight: np.ndarray, scales) -> np.ndarray:
 
 
 def fake_quant(t, grid: TensorQuant):
-    import torch
-
-    return (torch.clamp(torch.round(t / grid.scale) + grid.zero_point, QMIN, QMAX) - grid.zero_point) * grid.scale
+    """``t`` rounded and clipped to ``grid``, dequantized: one new tensor, the steps in place."""
+    return (t / grid.scale).round_().add_(grid.zero_point).clamp_(QMIN, QMAX).sub_(grid.zero_point).mul_(grid.scale)
 
 
 def quantize_bias(bias, input_scale: float, weight_scales) -> np.ndarray:
@@ -135,5 +134,5 @@ def simulate_tensors(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray, nam
     ops = Keep(folded, plan)
     with torch.inference_mode():
         for start in range(0, len(x_nchw), batch):
-            folded.walk(torch.from_numpy(np.asarray(x_nchw[start:start + batch], np.float32)), ops)
+            folded.walk(torch_batch(x_nchw[start:start + batch]), ops)
     return {name: np.concatenate(kept[name]) for name in names}
