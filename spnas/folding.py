@@ -180,7 +180,7 @@ class _Recorder(NetOps):
 
 def torch_batch(x):
     """A float32 NCHW batch as the torch walks take it: NCHW in shape, channels-last in memory, where CPU
-    convolutions (oneDNN) run about twice as fast as on NCHW memory (``benchmarks/results/quant_plan_speed.json``)."""
+    convolutions (oneDNN) run faster (a float walk of 64 images: 3.6 s on NCHW memory, 1.9 s here, on 2 cores)."""
     import torch
 
     t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, np.float32))
