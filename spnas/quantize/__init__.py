@@ -49,7 +49,7 @@ from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec
 from spnas.quantize.bias_correction import BIAS_CORRECTION_IMAGES, correct_biases
 from spnas.quantize.calibration import CalibrationReader, PixelBatches
 from spnas.quantize.plan import PLAN_FILE, LayerQuant, QuantPlan, TensorQuant, load_plan, save_plan
-from spnas.quantize.ranges import CLIP_WEIGHT, PERCENTILE, RANGE_METHODS, set_ranges
+from spnas.quantize.ranges import CLIP_WEIGHT, LOGIT_HEADROOM, PERCENTILE, RANGE_METHODS, set_ranges
 from spnas.quantize.simulate import simulate, simulate_tensors, weight_scales
 
 __all__ = ["BIAS_CORRECTION_IMAGES", "CLIP_WEIGHT", "PERCENTILE", "PLAN_FILE", "RANGE_METHODS", "CalibrationReader",
@@ -68,7 +68,7 @@ def build_plan(folded: FoldedNet, reader: CalibrationReader, spec: PreprocessSpe
 
         raise SpnasError(f"float layer(s) not in the graph: {', '.join(missing)}")
     method = {"range_setting": range_setting, "calibration_images": len(reader) if hasattr(reader, "__len__")
-              else None}
+              else None, "logit_headroom": LOGIT_HEADROOM}
     method.update({"mse": {"clip_weight": clip_weight},
                    "percentile": {"percentile": percentile}}.get(range_setting, {}))
     if ranges is None:
