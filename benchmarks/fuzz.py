@@ -25,6 +25,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from shared_data import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CRASHES = RESULTS / "fuzz-crashes"
@@ -83,13 +85,6 @@ def summarize(name: str, log_path: Path, returncode: int, seconds: int, elapsed:
 def earlier_findings(name: str) -> list[str]:
     """Inputs earlier runs found, fixed and kept as seeds (each has a regression test in tests/test_fuzz.py)."""
     return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "data" / "fuzz").glob(f"{name}-*"))
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from shared_data import SHARED_DATA  # noqa: E402
+from shared_data import SHARED_DATA, cpu_model  # noqa: E402
 
 FORMATS = ("tflite", "onnx", "coreml")
 FAULT_FORMATS = ("tflite",)  # a fault enters every format's inputs alike; the plan per fault is the slow part
@@ -44,13 +44,6 @@ PROBE6 = {"names": ["dog", "bird", "invertebrate", "object", "food", "other"],
 TRAINED4 = {"names": ["dog", "bird", "object", "other"],
             "cfg": {"input_size": [3, 192, 192], "interpolation": "bicubic", "crop_pct": 0.9,
                     "mean": [0.5] * 3, "std": [0.5] * 3}}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 MODELS = ("trained_4_192px_bicubic_mean0.5_all_layers", "coarse8_8", "fixture_1000", "probe_6_256px")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from shared_data import SHARED_DATA
+from shared_data import SHARED_DATA, cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "mil_eval_speed.json"
@@ -44,13 +44,6 @@ def load_version(ref: str, work: Path):
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def logits(program, inputs: np.ndarray, batch: int) -> np.ndarray:

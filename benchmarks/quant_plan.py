@@ -27,17 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from shared_data import fixture_protocol  # noqa: E402
+from shared_data import cpu_model, fixture_protocol  # noqa: E402
 
 FORMATS = ("tflite", "onnx", "coreml")
 RESULTS = Path(__file__).resolve().parent / "results" / "quant_plan.json"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main(argv=None) -> int:

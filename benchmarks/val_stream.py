@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared_data import SHARED_DATA
+from shared_data import SHARED_DATA, cpu_model
 
 RESULTS = Path(__file__).parent / "results" / "val_stream.json"
 
@@ -51,13 +51,6 @@ def synthetic_folder(root: Path, n: int) -> Path:
         except OSError:
             target.symlink_to(sample / row["file"])
     return folder
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> int:
@@ -99,8 +92,8 @@ def main() -> int:
         load_before = os.getloadavg()
         measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     quiet = load_before[0] < 0.75 * (os.cpu_count() or 1)
-    document = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average_before": load_before,
-                            "load_average": os.getloadavg(),
+    document = {"machine": {"cpu": cpu_model(platform.processor()), "cores": os.cpu_count(),
+                            "load_average_before": load_before, "load_average": os.getloadavg(),
                             "note": "quiet before measuring (1-minute load average under 0.75 per core); the load "
                                     "at the end is this benchmark's own" if quiet else
                                     "shared with other jobs while measured: timings are contended, compare ratios "
