@@ -91,15 +91,13 @@ def reference_logits(fixture_model, parity_pixels) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def quant_plan(fixture_model, calib_pixels):
-    """The int8 plan of the fixture weights on ``calib_pixels``, shared by every format's int8 fixture
-    (computing it takes longer than lowering it)."""
-    from spnas.folding import fold_batchnorm
-    from spnas.preprocess import DEFAULT_SPEC
-    from spnas.quantize import PixelBatches, build_plan
+def quant_plan(cli_exports):
+    """The int8 plan of the fixture weights that the session's ``spnas-export --format all --int8`` wrote (64
+    calibration images of its seeded split), shared by every format's int8 fixture: computing a plan takes
+    longer than lowering it, and this one is computed anyway."""
+    from spnas.quantize import load_plan
 
-    return build_plan(fold_batchnorm(fixture_model), PixelBatches(calib_pixels, DEFAULT_SPEC), DEFAULT_SPEC,
-                      weights_sha256=fixture_model.weights_info.sha256)
+    return load_plan(cli_exports / "quant_plan.json")
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,8 @@ def build_graph(folded, *, uint8_input: bool = False, spec: PreprocessSpec = DEF
     size = spec.input_size
 
     @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8 if uint8_dtype else tf.float32,
-                                                name="pixels" if uint8_input else "input")])
+                                                name="pixels" if uint8_input else "input")],
+                 autograph=False)  # a plain Python walk: autograph would only rewrite it (and logging) at each trace
     def spnasnet(x):
         if uint8_input:
             with tf.name_scope("normalize"):
