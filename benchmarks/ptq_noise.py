@@ -1,0 +1,157 @@
+"""Where the int8 plan's noise comes from, and what activation range equalization does about it (issue #24).
+
+    python benchmarks/ptq_noise.py                       # the four models of gate_rule.py
+    python benchmarks/ptq_noise.py --models coarse8_8
+
+Calibration: ``labels.csv`` rows 0-199 (the export's default count); evaluation: rows 600-799.  Per model, the
+simulation's pooled-feature and logit SQNR and top-1 against the float folded net for:
+
+- ``default``: the export's plan (MSE ranges, bias correction);
+- the noise taken apart, without bias correction (it corrects both sources at once): every tensor and weight
+  quantized, activations only (float weights and biases), weights only (float activations);
+- ``worst_tensors``: the five activation tensors that cost the most when each alone is quantized (float weights,
+  rows 600-663): the loss is concentrated, not spread;
+- activation range equalization (``spnas.folding.equalize`` with per-channel ranges of the first 64 calibration
+  images), the plan built on the equalized net: the default rule, and ``alpha`` 1 uncapped for comparison.
+
+Writes ``benchmarks/results/ptq_noise.json`` with the CPU model and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gate_rule import MODELS, SHARED_DATA, cpu_model, make_model  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "ptq_noise.json"
+CALIBRATION_ROWS = (0, 200)
+EVALUATION_ROWS = (600, 800)
+TENSOR_IMAGES = 64
+EQUALIZATIONS = {"equalized (alpha 0.5, cap 4: the default rule)": {},
+                 "equalized (alpha 1, cap 1000)": {"alpha": 1.0, "cap": 1e3}}
+
+
+def tensors_of(folded, ops, x_nchw, names) -> dict:
+    """``{name: values}`` of the walk's tensors ``names`` under ``ops``, 16 images at a time."""
+    import numpy as np
+    import torch
+
+    from spnas.folding import torch_batch
+
+    kept = {name: [] for name in names}
+    wrapped = ops.tensor
+
+    def tensor(name, x):
+        x = wrapped(name, x)
+        if name in kept:
+            kept[name].append(x.numpy().copy())
+        return x
+
+    ops.tensor = tensor
+    with torch.inference_mode():
+        for start in range(0, len(x_nchw), 16):
+            folded.walk(torch_batch(x_nchw[start:start + 16]), ops)
+    return {name: np.concatenate(values) for name, values in kept.items()}
+
+
+def measure(weights: str) -> dict:
+    from spnas.create import create_model
+    from spnas.folding import channel_ranges, equalize, fold_batchnorm
+    from spnas.images import labelled_rows
+    from spnas.parity import compare, sqnr_db
+    from spnas.preprocess import normalize
+    from spnas.quantize import PixelBatches, build_plan
+    from spnas.quantize.drift import POOLED, float_tensors
+    from spnas.quantize.simulate import Int8Ops, fake_quant
+    from spnas.source import resolve_source
+
+    source = resolve_source(weights)
+    spec = source.spec
+    folded = fold_batchnorm(create_model(source.checkpoint, spec=spec))
+    labels = SHARED_DATA / "imagenet-sample" / "labels.csv"
+    evaluation = normalize(labelled_rows(labels, *EVALUATION_ROWS, spec).pixels, spec)
+    calibration = labelled_rows(labels, *CALIBRATION_ROWS, spec).pixels
+    names = [POOLED, folded.classifier.name]
+    reference = float_tensors(folded, evaluation, names)
+
+    def row(net, ops, seconds=None, x=evaluation, ref=reference):
+        got = tensors_of(net, ops, x, names)
+        logits = compare(ref[names[1]], got[names[1]])
+        found = {"pooled_sqnr_db": round(sqnr_db(ref[POOLED], got[POOLED]), 2),
+                 "logit_sqnr_db": round(logits["sqnr_db"], 2), "top1_agreement": logits["top1_agreement"]}
+        return found if seconds is None else {**found, "plan_seconds": round(seconds, 1)}
+
+    def timed_plan(net, **options):
+        start = time.perf_counter()
+        plan = build_plan(net, PixelBatches(calibration, spec), spec, **options)
+        return plan, time.perf_counter() - start
+
+    class WeightsOnly(Int8Ops):
+        def tensor(self, name, x):
+            return x
+
+    class OneTensor(Int8Ops):
+        def __init__(self, net, plan, quantized):
+            super().__init__(net, plan)
+            self.quantized = quantized
+
+        def tensor(self, name, x):
+            return fake_quant(x, self.plan.tensors[name]) if name == self.quantized else x
+
+    plan, seconds = timed_plan(folded)
+    rows = {"default": row(folded, Int8Ops(folded, plan), seconds)}
+    uncorrected, _ = timed_plan(folded, bias_correction=False)
+    every_layer = [conv.name for conv in folded.layers()]
+    float_weights = replace(uncorrected, float_layers=every_layer)
+    rows["no bias correction: weights and activations"] = row(folded, Int8Ops(folded, uncorrected))
+    rows["no bias correction: activations only"] = row(folded, Int8Ops(folded, float_weights))
+    rows["no bias correction: weights only"] = row(folded, WeightsOnly(folded, uncorrected))
+    print(f"  {rows}", file=sys.stderr, flush=True)
+
+    few = evaluation[:TENSOR_IMAGES]
+    few_reference = {name: values[:TENSOR_IMAGES] for name, values in reference.items()}
+    costs = sorted((row(folded, OneTensor(folded, float_weights, name), x=few, ref=few_reference)["pooled_sqnr_db"],
+                    name) for name in folded.tensor_names() if name != folded.classifier.name)
+    worst = [{"tensor": name, "pooled_sqnr_db": db} for db, name in costs[:5]]
+    print(f"  worst tensors: {worst}", file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    ranges = channel_ranges(folded, normalize(calibration[:64], spec))
+    ranges_seconds = time.perf_counter() - start
+    for label, options in EQUALIZATIONS.items():
+        net = equalize(folded, ranges, **options)
+        plan, seconds = timed_plan(net)
+        rows[label] = row(net, Int8Ops(net, plan), ranges_seconds + seconds)
+        print(f"  {label}: {rows[label]}", file=sys.stderr, flush=True)
+    return {"num_classes": len(source.class_names), "preprocessing": spec.to_dict(), "variants": rows,
+            "worst_tensors": worst}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="a subset of: " + ", ".join(MODELS))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    results = {"cpu": cpu_model(), "load_average_start": os.getloadavg(),
+               "calibration_rows": list(CALIBRATION_ROWS), "evaluation_rows": list(EVALUATION_ROWS), "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            print(f"{name}:", file=sys.stderr, flush=True)
+            results["models"][name] = measure(make_model(name, Path(tmp)))
+            args.results.write_text(json.dumps(results, indent=1) + "\n")
+    results["load_average_end"] = os.getloadavg()
+    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
