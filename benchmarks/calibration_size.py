@@ -15,16 +15,14 @@ uses 32.  Writes ``benchmarks/results/calibration_size.json`` with the CPU model
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gate_rule import MODELS, SHARED_DATA, cpu_model, make_model  # noqa: E402
+from gate_rule import MODELS, SHARED_DATA, cpu_model, measure_models  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "calibration_size.json"
 SIZES = (32, 64, 128, 200, 400)
@@ -73,14 +71,8 @@ def main(argv=None) -> int:
     from spnas.quantize.ranges import LOGIT_HEADROOM
 
     results = {"cpu": cpu_model(), "load_average_start": os.getloadavg(), "evaluation_rows": list(EVALUATION_ROWS),
-               "logit_headroom": LOGIT_HEADROOM, "models": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            print(f"{name}:", file=sys.stderr, flush=True)
-            results["models"][name] = measure(make_model(name, Path(tmp)), sizes)
-            args.results.write_text(json.dumps(results, indent=1) + "\n")
-    results["load_average_end"] = os.getloadavg()
-    args.results.write_text(json.dumps(results, indent=1) + "\n")
+               "logit_headroom": LOGIT_HEADROOM}
+    measure_models(args.models.split(","), lambda weights: measure(weights, sizes), results, args.results)
     return 0
 
 

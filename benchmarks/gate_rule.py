@@ -69,6 +69,20 @@ def make_model(name: str, folder: Path) -> str:
     return str(write_timm_folder(folder / "trained4", trained, names=TRAINED4["names"], cfg=TRAINED4["cfg"]))
 
 
+def measure_models(names: list[str], measure, results: dict, path: Path) -> dict:
+    """``results["models"][name] = measure(weights)`` for each of ``names`` (fine-tunes made in a scratch folder),
+    the JSON written to ``path`` after each model and with the end's load average."""
+    results.setdefault("models", {})
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            print(f"{name}:", file=sys.stderr, flush=True)
+            results["models"][name] = measure(make_model(name, Path(tmp)))
+            path.write_text(json.dumps(results, indent=1) + "\n")
+    results["load_average_end"] = os.getloadavg()
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
 def measure_model(weights: str, tmp: Path, save=lambda model: None) -> dict:
     """Every export (correct and each fault) of one model: raw metrics only; ``save`` gets the model's record
     after each export, so a long run leaves what it measured."""

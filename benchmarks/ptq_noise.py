@@ -20,17 +20,15 @@ Writes ``benchmarks/results/ptq_noise.json`` with the CPU model and the load ave
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gate_rule import MODELS, SHARED_DATA, cpu_model, make_model  # noqa: E402
+from gate_rule import MODELS, SHARED_DATA, cpu_model, measure_models  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ptq_noise.json"
 CALIBRATION_ROWS = (0, 200)
@@ -142,14 +140,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     results = {"cpu": cpu_model(), "load_average_start": os.getloadavg(),
-               "calibration_rows": list(CALIBRATION_ROWS), "evaluation_rows": list(EVALUATION_ROWS), "models": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            print(f"{name}:", file=sys.stderr, flush=True)
-            results["models"][name] = measure(make_model(name, Path(tmp)))
-            args.results.write_text(json.dumps(results, indent=1) + "\n")
-    results["load_average_end"] = os.getloadavg()
-    args.results.write_text(json.dumps(results, indent=1) + "\n")
+               "calibration_rows": list(CALIBRATION_ROWS), "evaluation_rows": list(EVALUATION_ROWS)}
+    measure_models(args.models.split(","), measure, results, args.results)
     return 0
 
 
