@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from spnas.errors import SpnasError
+from spnas.frameworks import import_hiding
 
 MODEL_FILE = Path("Data/com.apple.CoreML/model.mlmodel")
 BLOB_SENTINEL = 0xDEADBEEF
@@ -76,26 +77,19 @@ HIDDEN_FROM_COREMLTOOLS = ("tensorflow", "executorch", "torchao", "sklearn")  # 
 def import_coremltools():
     """Import coremltools without the frontends of other frameworks and its Linux-only "no runtime" log noise.
 
-    coremltools imports TensorFlow (~10 s), ExecuTorch's ``exir``, torchao and scikit-learn
-    (~10 s together) when they are installed, only for converters we never use; each is hidden
-    during that one import if nobody has imported it yet, so a later ``import tensorflow`` (the
-    TFLite exporter) or ``import executorch`` (the ExecuTorch exporter) still works.
+    coremltools imports TensorFlow, ExecuTorch's ``exir``, torchao and scikit-learn when they are installed,
+    only for converters we never use (``spnas.frameworks``): a later ``import tensorflow`` (the TFLite
+    exporter) or ``import executorch`` (the ExecuTorch exporter) still works.
     """
     if "coremltools" in sys.modules:
         return sys.modules["coremltools"]
     ct_logger = logging.getLogger("coremltools")
     level = ct_logger.level
     ct_logger.setLevel(logging.ERROR)
-    hidden = [name for name in HIDDEN_FROM_COREMLTOOLS if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # makes `import name` raise ImportError
     try:
-        import coremltools
+        return import_hiding("coremltools", HIDDEN_FROM_COREMLTOOLS)
     finally:
-        for name in hidden:
-            del sys.modules[name]
         ct_logger.setLevel(level)
-    return coremltools
 
 
 def single_threaded_blas():

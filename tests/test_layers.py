@@ -13,7 +13,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "spnas"
 LAYERS = [
-    ("foundation", ["errors", "version", "console", "io", "staging", "parity", "classes", "machine", "data"]),
+    ("foundation", ["errors", "version", "console", "io", "staging", "parity", "classes", "machine", "data",
+                    "frameworks"]),
     ("architecture, weights and their preprocessing", ["arch", "preprocess", "model", "weights", "folding",
                                                        "create"]),
     ("images and sources", ["intake", "images", "source"]),

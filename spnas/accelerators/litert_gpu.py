@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from spnas.accelerators.schema import entry
+from spnas.frameworks import import_tensorflow
 
 OP_LINE = re.compile(r"^\s*Op#(\d+) (\w+)\(")
 WARNING = "GPU COMPATIBILITY WARNING"
@@ -56,7 +57,7 @@ def captured_output():
 
 
 def analyzer_text(path: str | Path) -> str:
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     with captured_output() as text:
         tf.lite.experimental.Analyzer.analyze(model_path=str(path), gpu_compatibility=True)
@@ -83,7 +84,7 @@ def parse(text: str) -> tuple[list[tuple[str, str | None]], list[str]]:
 @functools.cache
 def canary_refused() -> bool:
     """Whether this build's analyzer refuses a Select-TF op (``FlexCosh``) that no GPU delegate runs."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
     def canary(x):
@@ -100,7 +101,7 @@ def canary_refused() -> bool:
 
 def check_gpu(path: str | Path) -> dict:
     """The GPU delegate's entry of one ``.tflite``."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     ops, words = parse(analyzer_text(path))
     if not ops:

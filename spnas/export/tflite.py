@@ -63,6 +63,7 @@ from spnas.errors import SpnasError
 from spnas.export import Artifact, ExportContext, artifact_metadata
 from spnas.export.tflite_runtime import TAKES_BATCHES, load, open_interpreter, read_metadata  # noqa: F401  the runner
 from spnas.folding import NetOps
+from spnas.frameworks import import_tensorflow
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec
 
 SUFFIX = ".tflite"
@@ -75,10 +76,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def _tf():
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
-    return tf
+    return import_tensorflow()
 
 
 # ---------------------------------------------------------------- graph
