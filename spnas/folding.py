@@ -30,7 +30,7 @@ API (all functions return new objects, inputs are never modified):
 Range setting and bias correction live in ``spnas.quantize`` (the int8 plan).  The two
 equalizations are the standard cheap fixes for depthwise-heavy nets.  Weight CLE did not help on
 top of MSE ranges and bias correction (``benchmarks/results/tflite_int8.json``); activation range
-equalization with its defaults gained 0.4-2.0 dB at the pooled features of the simulation on four
+equalization with its defaults gained 0.5-2.0 dB at the pooled features of the simulation on four
 models (``benchmarks/results/ptq_noise.json``).  No plan records it yet, so no export applies it.
 """
 
