@@ -38,29 +38,6 @@ EQUALIZATIONS = {"equalized (alpha 0.5, cap 4: the default rule)": {},
                  "equalized (alpha 1, cap 1000)": {"alpha": 1.0, "cap": 1e3}}
 
 
-def tensors_of(folded, ops, x_nchw, names) -> dict:
-    """``{name: values}`` of the walk's tensors ``names`` under ``ops``, 16 images at a time."""
-    import numpy as np
-    import torch
-
-    from spnas.folding import torch_batch
-
-    kept = {name: [] for name in names}
-    wrapped = ops.tensor
-
-    def tensor(name, x):
-        x = wrapped(name, x)
-        if name in kept:
-            kept[name].append(x.numpy().copy())
-        return x
-
-    ops.tensor = tensor
-    with torch.inference_mode():
-        for start in range(0, len(x_nchw), 16):
-            folded.walk(torch_batch(x_nchw[start:start + 16]), ops)
-    return {name: np.concatenate(values) for name, values in kept.items()}
-
-
 def measure(weights: str) -> dict:
     from spnas.create import create_model
     from spnas.folding import channel_ranges, equalize, fold_batchnorm
@@ -69,7 +46,7 @@ def measure(weights: str) -> dict:
     from spnas.preprocess import normalize
     from spnas.quantize import PixelBatches, build_plan
     from spnas.quantize.drift import POOLED, float_tensors
-    from spnas.quantize.simulate import Int8Ops, fake_quant
+    from spnas.quantize.simulate import Int8Ops, fake_quant, walk_tensors
     from spnas.source import resolve_source
 
     source = resolve_source(weights)
@@ -82,7 +59,7 @@ def measure(weights: str) -> dict:
     reference = float_tensors(folded, evaluation, names)
 
     def row(net, ops, seconds=None, x=evaluation, ref=reference):
-        got = tensors_of(net, ops, x, names)
+        got = walk_tensors(net, ops, x, names)
         logits = compare(ref[names[1]], got[names[1]])
         found = {"pooled_sqnr_db": round(sqnr_db(ref[POOLED], got[POOLED]), 2),
                  "logit_sqnr_db": round(logits["sqnr_db"], 2), "top1_agreement": logits["top1_agreement"]}

@@ -8,6 +8,7 @@ import, if nobody has imported it yet, so a later import of it still works.
 
 from __future__ import annotations
 
+import functools
 import sys
 from types import ModuleType
 
@@ -27,8 +28,10 @@ def import_hiding(module: str, hidden: tuple[str, ...]) -> ModuleType:
     return sys.modules[module]
 
 
+@functools.cache
 def import_tensorflow() -> ModuleType:
-    """TensorFlow without scikit-learn (keras' estimator wrappers), its Python logger at ERROR."""
+    """TensorFlow without scikit-learn (keras' estimator wrappers), its Python logger set to ERROR once: the TF
+    graph builders call this at every op, and ``setLevel`` walks every logger of the process."""
     tf = import_hiding("tensorflow", ("sklearn",))
     tf.get_logger().setLevel("ERROR")
     return tf

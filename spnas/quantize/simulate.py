@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from spnas.folding import FoldedNet, NetOps, _apply, torch_batch
+from spnas.folding import FoldedNet, NetOps, _apply, _Recorder, torch_batch
 from spnas.quantize.plan import QMAX, QMIN, QuantPlan, TensorQuant
 
 WEIGHT_QMAX = 127
@@ -119,20 +119,19 @@ def simulate(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray, batch: int 
 
 def simulate_tensors(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray, names, batch: int = 16):
     """``{name: values}`` of the simulation's tensors ``names`` (see ``FoldedNet.tensor_names``)."""
+    return walk_tensors(folded, Int8Ops(folded, plan), x_nchw, names, batch)
+
+
+def walk_tensors(folded: FoldedNet, ops: NetOps, x_nchw: np.ndarray, names, batch: int = 16):
+    """``{name: values}`` of the tensors ``names`` of ``folded`` walked with ``ops`` (the simulation, or a variant
+    of it for a study), ``batch`` images at a time."""
     import torch
 
-    wanted = set(names)
-
-    class Keep(Int8Ops):
-        def tensor(self, name, x):
-            x = super().tensor(name, x)
-            if name in wanted:
-                kept.setdefault(name, []).append(x.numpy().copy())
-            return x
-
-    kept: dict[str, list] = {}
-    ops = Keep(folded, plan)
+    kept: dict[str, list] = {name: [] for name in names}
     with torch.inference_mode():
         for start in range(0, len(x_nchw), batch):
-            folded.walk(torch_batch(x_nchw[start:start + batch]), ops)
-    return {name: np.concatenate(kept[name]) for name in names}
+            recorder = _Recorder(ops)
+            folded.walk(torch_batch(x_nchw[start:start + batch]), recorder)
+            for name in names:
+                kept[name].append(recorder.seen[name].numpy().copy())
+    return {name: np.concatenate(values) for name, values in kept.items()}
