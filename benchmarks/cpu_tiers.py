@@ -48,14 +48,14 @@ def export_all(shared: Path, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def lower_u8s8(exports: Path) -> Path:
+def lower_u8s8(exports: Path, folded) -> Path:
     """The same plan lowered with int8 weights everywhere (``--onnx-int8 u8s8``), the portable one's metadata."""
     from spnas.quantize import load_plan
 
     portable = onnx.load(str(exports / "spnasnet_100_int8.onnx"))
     with tempfile.TemporaryDirectory() as work:
         model = onnx_format.lower(onnx.load(str(exports / "spnasnet_100_fp32.onnx")), load_plan(
-            exports / "quant_plan.json"), Path(work), weights="u8s8")
+            exports / "quant_plan.json"), folded, Path(work), weights="u8s8")
     del model.metadata_props[:]
     model.metadata_props.extend(portable.metadata_props)
     for prop in model.metadata_props:
@@ -99,12 +99,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spnas-cpu-tiers.") as tmp:
         exports = args.exports or Path(tmp) / "exports"
         export_s = None if args.exports else round(export_all(SHARED_DATA, exports), 1)
-        lower_u8s8(exports)
+        import spnas
+        from spnas.folding import fold_batchnorm
+
+        model = spnas.create_model(str(SHARED_DATA / "spnasnet_100_fixture.safetensors"))
+        lower_u8s8(exports, fold_batchnorm(model))
         speed = onnx_speed(exports, args.rounds, args.per_round, args.profile_runs)
         print(json.dumps(speed["1_thread"]), flush=True)
 
-        import spnas
-        from spnas.folding import fold_batchnorm
         from spnas.images import load_images
         from spnas.preprocess import DEFAULT_SPEC, normalize
         from spnas.quantize import load_plan, simulate
@@ -115,7 +117,6 @@ def main() -> None:
         root = Path(report["parity_images"]["source"])
         pixels = load_images([root / e["file"] for e in report["parity_images"]["manifest"][:args.images]],
                              root).pixels
-        model = spnas.create_model(str(SHARED_DATA / "spnasnet_100_fixture.safetensors"))
         reference = TorchRunner(model).run(pixels)
         simulated = simulate(fold_batchnorm(model), load_plan(exports / "quant_plan.json"),
                              normalize(pixels, DEFAULT_SPEC))

@@ -158,7 +158,7 @@ def main() -> None:
         for activations in ("uint8", "int8"):
             (work / activations).mkdir()
             start = time.perf_counter()
-            quantized = onnx_format.lower(float_proto, plan, work / activations, activations=activations,
+            quantized = onnx_format.lower(float_proto, plan, folded, work / activations, activations=activations,
                                          weights="u8s8")
             lower_s[activations] = round(time.perf_counter() - start, 2)
             paths[activations] = work / f"int8_{activations}.onnx"

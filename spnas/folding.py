@@ -20,18 +20,20 @@ API (all functions return new objects, inputs are never modified):
 - ``FoldedNet.forward(x_nchw) -> logits`` and ``FoldedNet.activations(x_nchw)`` (every tensor
   above), in float32 torch: the reference the transforms are checked against;
   ``FoldedNet.to_state_dict()`` gives ``{name.weight, name.bias}`` numpy arrays;
-- ``equalize(folded, activation_ranges=None) -> FoldedNet``: cross-layer equalization
-  (Nagel et al. 2019, section 4.1) over every conv -> ReLU -> conv pair inside a block, and
-  with ``activation_ranges`` (per-channel maxima of conv outputs, from ``channel_ranges``) the
-  rescaling of every ReLU output so its weak channels use more of the per-tensor int8 range;
-  the float function is unchanged up to rounding;
+- ``equalization_scales(folded, activation_ranges=None) -> {producer: per-channel factor}``:
+  cross-layer equalization (Nagel et al. 2019, section 4.1) over every conv -> ReLU -> conv pair,
+  and with ``activation_ranges`` (per-channel maxima of conv outputs, from ``channel_ranges``)
+  the rescaling of every ReLU output so its weak channels use more of the per-tensor int8 range;
+  ``rescale(folded, scales)`` applies such factors (the float function is unchanged up to
+  rounding), ``equalize`` is the two together;
 - ``channel_ranges(folded, x_nchw) -> {name: per-channel max}``.
 
-Range setting and bias correction live in ``spnas.quantize`` (the int8 plan).  The two
-equalizations are the standard cheap fixes for depthwise-heavy nets.  Weight CLE did not help on
-top of MSE ranges and bias correction (``benchmarks/results/tflite_int8.json``); activation range
-equalization with its defaults gained 0.5-2.0 dB at the pooled features of the simulation on four
-models (``benchmarks/results/ptq_noise.json``).  No plan records it yet, so no export applies it.
+Range setting and bias correction live in ``spnas.quantize`` (the int8 plan), which records the
+activation equalization's factors (``QuantPlan.equalization``) so every format lowers the same
+rescaled net.  Weight CLE did not help on top of MSE ranges and bias correction
+(``benchmarks/results/tflite_int8.json``); activation range equalization with its defaults gained
+0.5-2.0 dB at the pooled features of the simulation on four models
+(``benchmarks/results/ptq_noise.json``).
 """
 
 from __future__ import annotations
@@ -268,32 +270,59 @@ def _rescale(producer: FoldedConv, consumer: FoldedConv, scale: np.ndarray) -> t
             replace(consumer, weight=c_weight.astype(np.float32)))
 
 
-def equalize(folded: FoldedNet, activation_ranges: dict[str, np.ndarray] | None = None,
-             iterations: int = 8, alpha: float = ACTIVATION_ALPHA, cap: float = ACTIVATION_CAP) -> FoldedNet:
-    """Cross-layer equalization over ReLU-separated conv pairs inside blocks (exact for ReLU).
+def equalization_scales(folded: FoldedNet, activation_ranges: dict[str, np.ndarray] | None = None,
+                        iterations: int = 8, alpha: float = ACTIVATION_ALPHA,
+                        cap: float = ACTIVATION_CAP) -> dict[str, np.ndarray]:
+    """``{producer: per-channel factor}`` of cross-layer equalization over ReLU-separated conv pairs (``rescale``).
 
-    Without ``activation_ranges``: Nagel et al.'s weight-range balancing, s = sqrt(r1 r2) / r2.
-    With them: every ReLU output channel is scaled by ``(max range / its range) ** alpha``, at most ``cap``, and
-    the consumer's input weights divided by it.  A depthwise consumer's per-channel weight grid takes any scale;
-    a pointwise one pays in weight rounding what the activation gains, hence the square root.  An uncapped
-    ``alpha = 1`` on depthwise consumers alone (this function's rule until now) scaled near-dead channels 1000x
-    and took a 4-class fine-tune's pooled features from 34.2 to 16.2 dB (``benchmarks/ptq_noise.py``).
+    Without ``activation_ranges``: Nagel et al.'s weight-range balancing, s = sqrt(r1 r2) / r2, iterated.
+    With them: every ReLU output channel is scaled by ``(max range / its range) ** alpha``, at most ``cap``, so
+    its weak channels use more of the per-tensor int8 grid.  A depthwise consumer's per-channel weight grid takes
+    any scale; a pointwise one pays in weight rounding what the activation gains, hence the square root.  An
+    uncapped ``alpha = 1`` on depthwise consumers alone scaled near-dead channels 1000x and took a 4-class
+    fine-tune's pooled features from 34.2 to 16.2 dB (``benchmarks/ptq_noise.py``).
     """
-    layers = {conv.name: conv for conv in folded.layers()}
     pairs = list(_relu_pairs(folded))
-    if activation_ranges is None:
-        for _ in range(iterations):
-            for producer, consumer in pairs:
-                r1, r2 = _output_ranges(layers[producer]), _input_axis_ranges(layers[consumer])
-                scale = np.where((r1 > 0) & (r2 > 0), np.sqrt(r1 * r2) / np.maximum(r2, 1e-30), 1.0)
-                scale = 1.0 / scale  # s_i divides the producer (Nagel's notation)
-                layers[producer], layers[consumer] = _rescale(layers[producer], layers[consumer], scale)
-        return folded.replace_layers(layers, "cross-layer equalization (weights)")
-    for producer, consumer in pairs:
-        ranges = activation_ranges[producer].astype(np.float64)
-        scale = np.clip((ranges.max() / np.maximum(ranges, 1e-30)) ** alpha, 1.0, cap)
-        layers[producer], layers[consumer] = _rescale(layers[producer], layers[consumer], scale)
-    return folded.replace_layers(layers, f"activation range equalization (alpha {alpha}, cap {cap})")
+    if activation_ranges is not None:
+        return {producer: np.clip((activation_ranges[producer].astype(np.float64).max()
+                                   / np.maximum(activation_ranges[producer].astype(np.float64), 1e-30)) ** alpha,
+                                  1.0, cap) for producer, _ in pairs}
+    layers = {conv.name: conv for conv in folded.layers()}
+    total = {producer: np.ones(layers[producer].weight.shape[0]) for producer, _ in pairs}
+    for _ in range(iterations):
+        for producer, consumer in pairs:
+            r1, r2 = _output_ranges(layers[producer]), _input_axis_ranges(layers[consumer])
+            scale = np.where((r1 > 0) & (r2 > 0), r2 / np.sqrt(np.maximum(r1 * r2, 1e-60)), 1.0)
+            layers[producer], layers[consumer] = _rescale(layers[producer], layers[consumer], scale)
+            total[producer] *= scale
+    return total
+
+
+def rescale(folded: FoldedNet, scales: dict[str, np.ndarray], note: str = "cross-layer equalization") -> FoldedNet:
+    """``folded`` with each producer's output channel i multiplied by ``scales[producer][i]`` and its consumer's
+    input channel i divided by it: the same float function (ReLU commutes with a positive scale)."""
+    consumers = dict(_relu_pairs(folded))
+    unknown = sorted(set(scales) - set(consumers))
+    if unknown:
+        raise ValueError(f"not a ReLU-separated producer: {', '.join(unknown)}")
+    layers = {conv.name: conv for conv in folded.layers()}
+    for producer, scale in scales.items():
+        consumer = consumers[producer]
+        layers[producer], layers[consumer] = _rescale(layers[producer], layers[consumer], np.asarray(scale))
+    return folded.replace_layers(layers, note)
+
+
+def equalize(folded: FoldedNet, activation_ranges: dict[str, np.ndarray] | None = None, **options) -> FoldedNet:
+    """``folded`` rescaled by ``equalization_scales(folded, activation_ranges, **options)``."""
+    kind = "weights" if activation_ranges is None else "activation ranges"
+    return rescale(folded, equalization_scales(folded, activation_ranges, **options),
+                   f"cross-layer equalization ({kind})")
+
+
+def relu_producers(folded: FoldedNet) -> dict[str, int]:
+    """``{producer: channels}`` of the ReLU-separated pairs that equalization may rescale."""
+    layers = {conv.name: conv for conv in folded.layers()}
+    return {producer: layers[producer].weight.shape[0] for producer, _ in _relu_pairs(folded)}
 
 
 def channel_ranges(folded: FoldedNet, x_nchw: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:

@@ -229,7 +229,8 @@ def _int8_weights(weight: np.ndarray, scales, dtype) -> np.ndarray:
 
 def test_w8a8_program_carries_the_plan(default_artifacts, default_plan, folded):
     """Every quantize / dequantize pair holds the plan's grid for its tensor, every layer the plan's int8
-    weights, per-channel scales and corrected bias (on its int32 grid); the fp16 pass stores scales as float16."""
+    weights (of the net its equalization rescaled), per-channel scales and corrected bias (on its int32 grid);
+    the fp16 pass stores scales as float16."""
     from spnas.mil_eval import MilProgram
     from spnas.quantize.simulate import conv_inputs, quantize_bias
 
@@ -246,7 +247,7 @@ def test_w8a8_program_carries_the_plan(default_artifacts, default_plan, folded):
         assert int(_argument(program, dequantize, "zero_point") or 0) == int(_argument(program, quantize, "zero_point")
                                                                               or 0), name
     inputs = conv_inputs(folded)
-    for conv, op in zip(folded.layers(), _layer_ops(program), strict=True):
+    for conv, op in zip(default_plan.equalized(folded).layers(), _layer_ops(program), strict=True):
         layer = default_plan.layers[conv.name]
         weight, bias = _argument(program, op, "weight"), _argument(program, op, "bias")
         np.testing.assert_array_equal(weight, _int8_weights(conv.weight, layer.weight_scales, np.float16),
@@ -277,7 +278,7 @@ def test_float_layers_keep_float_weights(fixture_model, default_plan, folded, tm
     program = MilProgram(artifact.path)
     assert program.op_counts["constexpr_affine_dequantize"] == 65 - len(FLOAT_LAYERS)
     assert program.op_counts["quantize"] == len(folded.tensor_names())
-    for conv, op in zip(folded.layers(), _layer_ops(program), strict=True):
+    for conv, op in zip(plan.equalized(folded).layers(), _layer_ops(program), strict=True):
         weight, bias = _argument(program, op, "weight"), _argument(program, op, "bias")
         if conv.name in FLOAT_LAYERS:
             np.testing.assert_array_equal(weight, conv.weight.astype(np.float16), err_msg=conv.name)

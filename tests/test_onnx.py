@@ -54,9 +54,10 @@ def simulated_logits(fixture_model, onnx_artifacts, parity_pixels) -> np.ndarray
     return simulate(fold_batchnorm(fixture_model), onnx_artifacts["plan"], normalize(parity_pixels, DEFAULT_SPEC))
 
 
-def lower_to_file(onnx_artifacts, plan, path, weights="portable"):
+def lower_to_file(onnx_artifacts, model, plan, path, weights="portable"):
     """``plan`` lowered onto the session's fp32 export (its metadata, marked int8), saved to ``path``."""
-    proto = onnx_format.lower(onnx.load(str(onnx_artifacts["fp32"].path)), plan, path.parent, weights=weights)
+    proto = onnx_format.lower(onnx.load(str(onnx_artifacts["fp32"].path)), plan, fold_batchnorm(model), path.parent,
+                              weights=weights)
     for prop in proto.metadata_props:
         if prop.key == "spnas.precision":
             prop.value = "int8"
@@ -170,11 +171,11 @@ def test_every_quantize_linear_is_on_the_plans_grid(onnx_artifacts):
         onnx_format.check_lowering(model, plan, weights="u8s8")
 
 
-def test_u8s8_encoding_holds_the_same_integers(onnx_artifacts, parity_pixels, tmp_path, monkeypatch):
+def test_u8s8_encoding_holds_the_same_integers(onnx_artifacts, fixture_model, parity_pixels, tmp_path, monkeypatch):
     """--onnx-int8 u8s8 stores int8 weights everywhere: the same integers as portable (uint8 - 128), so
     on this CPU (VNNI: both exact) the same logits; without VNNI spnas-verify says why its figures differ."""
     plan = onnx_artifacts["plan"]
-    path = lower_to_file(onnx_artifacts, plan, tmp_path / "u8s8.onnx", weights="u8s8")
+    path = lower_to_file(onnx_artifacts, fixture_model, plan, tmp_path / "u8s8.onnx", weights="u8s8")
     portable, u8s8 = onnx.load(str(onnx_artifacts["int8"].path)), onnx.load(str(path))
     constants = [{init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
                  for model in (portable, u8s8)]
@@ -253,7 +254,7 @@ def test_float_layers_stay_float_with_their_outputs_on_the_plans_grid(onnx_artif
     classifier and the pool feeding it included, are still quantized on the plan's grids."""
     kept = ["blocks.2.1.conv_pw", "blocks.2.1.conv_dw", "classifier"]  # two adjacent float convs
     plan = replace(onnx_artifacts["plan"], float_layers=kept)
-    path = lower_to_file(onnx_artifacts, plan, tmp_path / "float_layers_int8.onnx")
+    path = lower_to_file(onnx_artifacts, fixture_model, plan, tmp_path / "float_layers_int8.onnx")
     model = onnx.load(str(path))
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
     weight_source = {node.name: producers.get(node.input[1], "initializer")

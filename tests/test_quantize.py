@@ -79,6 +79,41 @@ def test_plan_round_trips_and_checks_its_weights(exported, folded, tmp_path):
         load_plan(tmp_path / "broken.json")
 
 
+def test_the_plan_carries_its_equalization_and_keeps_the_float_function(exported, folded, parity_pixels, tmp_path):
+    """Every format builds ``plan.lowered_net(folded)``: the folded net with the plan's per-channel factors, the
+    same float function with flatter ReLU outputs; a file without the field (schema 1) means no equalization."""
+    from spnas.folding import relu_producers
+    from spnas.preprocess import normalize
+
+    _, _, plan = exported
+    assert plan.method["equalization"]["rule"] == "activation ranges"
+    assert sorted(plan.equalization) == sorted(relu_producers(folded))
+    assert max(max(factors) for factors in plan.equalization.values()) > 1.5  # it rescaled weak channels
+    x = normalize(parity_pixels[:4])
+    equalized = plan.equalized(folded)
+    assert not np.array_equal(equalized.stem.weight, folded.stem.weight)
+    np.testing.assert_allclose(equalized.forward(x), folded.forward(x), rtol=1e-4, atol=1e-4)
+    net = plan.lowered_net(folded)
+    assert all(np.array_equal(conv.bias, np.asarray(plan.layers[conv.name].bias, np.float32)) for conv in net.layers())
+    legacy = json.loads(plan.to_json())
+    del legacy["equalization"]
+    (tmp_path / "v1.json").write_text(json.dumps({**legacy, "schema": "spnas.quant_plan/1"}))
+    assert load_plan(tmp_path / "v1.json").equalization == {}
+    for wrong in ({"conv_head": [1.0] * 1280}, {"conv_stem": [1.0] * 3}, {"conv_stem": [0.0] * 32}):
+        with pytest.raises(SpnasError, match="quant plan equalization"):
+            replace(plan, equalization=wrong).check(folded)
+
+
+def test_equalization_is_skipped_below_its_image_count(folded, calib_pixels):
+    """From fewer than EQUALIZATION_IMAGES the per-channel maxima are too noisy to equalize on (it cost up to 1.9 dB
+    from 32 images): the plan stays unequalized and says why."""
+    from spnas.quantize import EQUALIZATION_IMAGES, PixelBatches, build_plan
+
+    plan = build_plan(folded, PixelBatches(calib_pixels[:EQUALIZATION_IMAGES - 1]), bias_correction=False)
+    assert plan.equalization == {} and plan.method["equalization"]["rule"] == "skipped"
+    assert f"{EQUALIZATION_IMAGES - 1} calibration images" in plan.method["equalization"]["reason"]
+
+
 def test_every_int8_export_lowers_the_one_plan(exported):
     _, report, plan = exported
     entries = plan_entries(report)
@@ -154,7 +189,8 @@ def test_layer_drift_runs_on_the_simulation_for_every_format(exported, folded, p
     drift = layer_drift(folded, plan, x)
     assert [d["layer"] for d in drift] == [conv.name for conv in folded.layers()]
     assert all(10.0 < d["sqnr_db"] < 80.0 and 10.0 < d["local_sqnr_db"] < 80.0 for d in drift), drift
-    assert drift[-1]["sqnr_db"] == pytest.approx(sqnr_db(folded.forward(x), simulate(folded, plan, x)), abs=1e-6)
+    reference = plan.equalized(folded).forward(x)  # the float net whose inner tensors the plan quantizes
+    assert drift[-1]["sqnr_db"] == pytest.approx(sqnr_db(reference, simulate(folded, plan, x)), abs=1e-6)
 
 
 def test_plan_reproduces_the_int8_artifacts(exported, fixture_model, tmp_path):

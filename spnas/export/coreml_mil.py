@@ -97,6 +97,8 @@ def program(folded: FoldedNet, spec: PreprocessSpec, *, plan=None, weights_only:
     ct = import_coremltools()
     from coremltools.converters.mil import Builder as mb
 
+    if plan is not None:
+        folded = plan.equalized(folded)  # the net the plan's weight scales and grids are of
     ops = _MilOps(folded, plan, weights_only)
     size = spec.input_size
     mean = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1)

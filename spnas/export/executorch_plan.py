@@ -1,6 +1,6 @@
 """ExecuTorch int8 as a lowering of the export's ``QuantPlan``: PT2E with the plan's numbers, no calibration.
 
-The torch module is the net every other format lowers (``plan.apply_biases(folded)``), built
+The torch module is the net every other format lowers (``plan.lowered_net(folded)``), built
 from ``FoldedNet.walk`` with one submodule per plan tensor, named after it (``layers.conv_stem``,
 ``adds.blocks_1_1_add``, ``pool``), so every node ``torch.export`` traces carries the plan name
 of the tensor it computes.  ``XNNPACKQuantizer`` annotates it as in ExecuTorch's own flow, so the
@@ -171,7 +171,7 @@ def quantize_plan(folded: FoldedNet, plan: QuantPlan, spec: PreprocessSpec, expo
     quantizer = PlanQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     if plan.float_layers:  # XNNPACKQuantizer.set_module_name(name, None) is not supported: filter them out
         quantizer.set_filter_function(_outside({module_key(name) for name in plan.float_layers}))
-    exported = export_graph(plan_module(plan.apply_biases(folded)), spec)
+    exported = export_graph(plan_module(plan.lowered_net(folded)), spec)
     prepared = prepare_pt2e(exported.module(), quantizer)
     fix_observers(prepared, plan, folded)
     return torch.export.export(convert_pt2e(prepared), exported.example_inputs[0])

@@ -23,8 +23,10 @@ input, preprocessing and output, so Netron and ``InferenceSession.get_modelmeta(
 **int8: the export's ``QuantPlan`` lowered, nothing calibrated here** (``lower``; the plan comes
 from ``spnas.quantize.plan_to_lower``, shared with TFLite and written to ``quant_plan.json``):
 
-1. the fp32 model gets the plan's bias-corrected biases in its Conv / Gemm bias initializers
-   (found through each timm-named node's bias input; an error if a layer is missing either way);
+1. the fp32 model gets the weights and bias-corrected biases of the plan's net
+   (``QuantPlan.lowered_net``: the BN-folded net with the plan's equalization) in its Conv / Gemm
+   initializers (found through each timm-named node's inputs; an error if a layer is missing
+   either way);
 2. ``quant_pre_process``, then ``quantize_static``: QDQ, **uint8 activations / int8 per-channel
    symmetric weights (U8S8)**, no ``reduce_range``.  Every activation's scale and zero point
    (the plan's int8 grid; uint8 zero point = plan + 128, the same grid) and every layer's
@@ -215,16 +217,16 @@ def _layer_nodes(proto) -> dict:
     return {node.name: node for node in proto.graph.node if node.op_type in LAYER_OPS}
 
 
-def with_plan_biases(proto, plan):
-    """A copy of the fp32 model whose Conv / Gemm biases are the plan's corrected ones.
+def with_plan_layers(proto, plan, folded):
+    """A copy of the fp32 model whose Conv / Gemm weights and biases are those of ``plan.lowered_net(folded)``:
+    the plan's equalization and corrected biases, on the weights the plan's scales were computed from.
 
-    Layers are found by node name (timm name), their bias through the node's third input (the
-    dynamo exporter names the BN-folded Conv biases ``<layer>.weight_bias``, the Gemm's is
-    ``classifier.bias``); a bias initializer another node also reads gets a fresh one, so only
-    this layer changes.  Any layer of the plan missing from the graph, or of the graph missing
-    from the plan, is an error.
+    Layers are found by node name (timm name), weight and bias through the node's second and third input
+    (the dynamo exporter names the BN-folded Conv biases ``<layer>.weight_bias``, the Gemm's is
+    ``classifier.bias``); an initializer another node also reads gets a fresh one, so only this layer
+    changes.  Any layer of the plan missing from the graph, or of the graph missing from the plan, is an
+    error.
     """
-
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     nodes = _layer_nodes(model)
@@ -234,27 +236,36 @@ def with_plan_biases(proto, plan):
     for node in model.graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
-    for layer, quant in plan.layers.items():
-        node = nodes[layer]
-        bias = np.asarray(quant.bias, np.float32)
-        if node.op_type == "Gemm" and any(a.name == "beta" and a.f != 1.0 for a in node.attribute):
-            raise SpnasError(f"onnx int8: Gemm {layer} scales its bias (beta != 1); cannot set the plan's bias")
-        name = node.input[2] if len(node.input) > 2 else ""
+
+    def set_input(node, index: int, value: np.ndarray, what: str) -> None:
+        name = node.input[index] if len(node.input) > index else ""
         if name and name not in initializers:
-            raise SpnasError(f"onnx int8: the bias of {layer} ({name}) is computed, not an initializer")
+            raise SpnasError(f"onnx int8: the {what} of {node.name} ({name}) is computed, not an initializer")
         if not name or readers[name] > 1:
-            name = f"{layer}.plan_bias"
+            name = f"{node.name}.plan_{what}"
             while name in initializers:
                 name += "_"
-            while len(node.input) < 3:
+            while len(node.input) <= index:
                 node.input.append("")
-            node.input[2] = name
+            node.input[index] = name
             initializers[name] = model.graph.initializer.add()
-        elif int(np.prod(initializers[name].dims)) != bias.size:
-            raise SpnasError(f"onnx int8: bias of {layer} has {int(np.prod(initializers[name].dims))} values, "
-                             f"the plan {bias.size}")
-        shape = list(initializers[name].dims) or [bias.size]
-        initializers[name].CopyFrom(numpy_helper.from_array(bias.reshape(shape), name))
+        elif int(np.prod(initializers[name].dims)) != value.size:
+            raise SpnasError(f"onnx int8: {what} of {node.name} has {int(np.prod(initializers[name].dims))} values, "
+                             f"the plan {value.size}")
+        shape = list(initializers[name].dims) or list(value.shape)
+        initializers[name].CopyFrom(numpy_helper.from_array(value.reshape(shape), name))
+
+    for conv in plan.lowered_net(folded).layers():
+        node = nodes[conv.name]
+        weight = conv.weight
+        if node.op_type == "Gemm":
+            attributes = {a.name: a for a in node.attribute}
+            if any(key in attributes and attributes[key].f != 1.0 for key in ("alpha", "beta")):
+                raise SpnasError(f"onnx int8: Gemm {conv.name} scales its product (alpha or beta != 1)")
+            if not ("transB" in attributes and attributes["transB"].i == 1):
+                weight = weight.T
+        set_input(node, 1, np.ascontiguousarray(weight, np.float32), "weight")
+        set_input(node, 2, np.asarray(conv.bias, np.float32), "bias")
     return model
 
 
@@ -368,10 +379,12 @@ def _plan_ranges(plan, tensors: dict[str, list[str]]):
     return TensorsData(CalibrationMethod.MinMax, data)
 
 
-def lower(float_proto, plan, work_dir: Path, activations: str = "uint8", weights: str = DEFAULT_WEIGHT_ENCODING):
+def lower(float_proto, plan, folded, work_dir: Path, activations: str = "uint8",
+          weights: str = DEFAULT_WEIGHT_ENCODING):
     """The int8 QDQ ``onnx.ModelProto`` of a ``QuantPlan``, checked against it (``check_lowering``).
 
-    The fp32 model gets the plan's biases, then ``quant_pre_process`` and ``quantize_static``
+    The fp32 model gets the weights and biases of ``plan.lowered_net(folded)`` (``with_plan_layers``), then
+    ``quant_pre_process`` and ``quantize_static``
     (QDQ, U8S8, per-channel, no reduce_range) with every activation grid and weight scale given as
     ``TensorQuantOverrides`` and the plan's ranges as the calibration cache; ``plan.float_layers``
     are ``nodes_to_exclude``; ``weights`` (``WEIGHT_ENCODINGS``) then re-encodes the weights
@@ -384,9 +397,9 @@ def lower(float_proto, plan, work_dir: Path, activations: str = "uint8", weights
     _grid(plan, "input", activations)  # an unknown activation type or weight encoding fails before any work
     _check_encoding(weights)
     work_dir = Path(work_dir)
-    biased = work_dir / "plan_biases.onnx"
-    onnx.save(with_plan_biases(float_proto, plan), str(biased))
-    prepared_path = prepare_for_quantization(biased, work_dir / "prepared.onnx")
+    planned = work_dir / "plan_layers.onnx"
+    onnx.save(with_plan_layers(float_proto, plan, folded), str(planned))
+    prepared_path = prepare_for_quantization(planned, work_dir / "prepared.onnx")
     prepared = onnx.load(str(prepared_path))
     tensors = plan_tensors(prepared, plan)
     cache = work_dir / "plan_ranges.json"
@@ -598,6 +611,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
         artifacts.append(export_coreml_ep(proto, ctx, common))
     if not ctx.int8:
         return artifacts
+    from spnas.folding import fold_batchnorm
     from spnas.quantize import plan_to_lower
 
     weights = ctx.options.onnx.onnx_int8
@@ -605,7 +619,7 @@ def export(ctx: ExportContext) -> list[Artifact]:
     plan, quantization = plan_to_lower(ctx, FORMAT)
     ctx.progress(f"onnx: int8 weights {weights} ({WEIGHT_ENCODINGS[weights].split(':')[0]})")
     with tempfile.TemporaryDirectory(dir=ctx.out_dir, prefix=".onnx-int8.") as work:
-        quantized = lower(proto, plan, Path(work), weights=weights)
+        quantized = lower(proto, plan, fold_batchnorm(ctx.model), Path(work), weights=weights)
     onnx.checker.check_model(quantized, full_check=True)
     recorded = {"scheme": SCHEME_TEXT.format(encoding=WEIGHT_ENCODINGS[weights]), **scheme(weights), **quantization}
     set_metadata(quantized, ctx, "int8", {"spnas.int8_scheme": json.dumps(recorded)})

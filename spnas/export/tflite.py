@@ -198,9 +198,9 @@ def convert(folded, precision: str, *, calibration_pixels: np.ndarray | None = N
 
 
 def lower(folded, plan, *, uint8_input: bool = False, spec: PreprocessSpec = DEFAULT_SPEC) -> bytes:
-    """The int8 TFLite model of a ``QuantPlan``: float graph with the plan's biases, the plan's
-    ranges on every activation, then TF's MLIR quantizer."""
-    net = plan.apply_biases(folded)
+    """The int8 TFLite model of a ``QuantPlan``: float graph of the plan's net (``lowered_net``: its
+    equalization and biases), the plan's ranges on every activation, then TF's MLIR quantizer."""
+    net = plan.lowered_net(folded)
     converter = _converter(build_graph(net, uint8_input=uint8_input, spec=spec))
     with _quiet_converter():
         float_model = converter.convert()

@@ -5,13 +5,18 @@ no exporter has numerics of its own.  The whole pipeline is ``build_plan``::
 
     folded = fold_batchnorm(model)                  # spnas.folding: BN folded, the net every format builds
     reader = PixelBatches(pixels, spec)             # calibration.py: normalised batches, streamed
-    ranges = set_ranges(folded, reader, spec, "mse")  # ranges.py: per-tensor ranges on the float net
+    factors = equalization_scales(folded, channel_ranges(folded, x[:64]))  # folding.py: ReLU outputs rescaled
+    net = rescale(folded, factors)                  # the same float function, flatter channel ranges
+    ranges = set_ranges(net, reader, spec, "mse")   # ranges.py: per-tensor ranges on the float net
     plan = QuantPlan(tensors={name: TensorQuant.from_range(*ranges[name])},   # plan.py
-                     layers={conv: LayerQuant(weight_scales(conv.weight), conv.bias)})
+                     layers={conv: LayerQuant(weight_scales(conv.weight), conv.bias)},  # of net
+                     equalization=factors)
     plan = correct_biases(folded, plan, x)          # bias_correction.py: against the int8 simulation
     logits = simulate(folded, plan, x)              # simulate.py: what the runtimes will compute
     save_plan(plan, out_dir)                        # quant_plan.json beside the artifacts
 
+Everything that reads a plan with the folded net applies its equalization itself
+(``QuantPlan.equalized``, ``QuantPlan.lowered_net``), so callers pass ``fold_batchnorm(model)``.
 All of it walks the net through ``FoldedNet.walk``, the one description of the block order
 that the TF graph builder and the CoreML program builder also use.  Around the plan:
 
@@ -24,17 +29,19 @@ that the TF graph builder and the CoreML program builder also use.  Around the p
 
 The formats lower the plan and add no numerics of their own:
 
-- TFLite (``spnas.export.tflite.lower``): the float graph with the plan's biases, every
+- TFLite (``spnas.export.tflite.lower``): the float graph of ``plan.lowered_net(folded)``, every
   activation tensor stamped with the plan's range, then TF's MLIR quantizer;
 - ONNX (``spnas.export.onnx.lower``): ONNX Runtime ``quantize_static`` given every scale and
   zero point as ``TensorQuantOverrides`` (uint8 activations: same scale, zero point + 128),
-  the plan's biases in the float model; ``check_lowering`` refuses any drift;
+  the float model's weights and biases those of ``plan.lowered_net(folded)``; ``check_lowering``
+  refuses any drift;
 - CoreML (``spnas.export.coreml_mil.program``): the ML program built from the walk, with
   ``quantize``/``dequantize`` on the plan's grids and ``constexpr_affine_dequantize`` weights.
 
 ``spnas-export --plan quant_plan.json`` skips calibration and reproduces the artifacts; a plan
 is refused if it was computed for other weights (``QuantPlan.check``).  Another exporter
-(ExecuTorch, a vendor SDK) lowers the same plan: read ``plan.tensors[name].scale`` /
+(ExecuTorch, a vendor SDK) lowers the same plan: build ``plan.lowered_net(folded)``, read
+``plan.tensors[name].scale`` /
 ``.zero_point`` for each tensor of ``FoldedNet.tensor_names()``, ``plan.layers[conv].weight_scales``
 and ``.bias`` for each conv (int32 at input scale x weight scale: ``simulate.quantize_bias``), and
 keep ``plan.float_layers`` in float.
@@ -44,7 +51,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from spnas.folding import FoldedNet, fold_batchnorm
+from spnas.folding import (
+    ACTIVATION_ALPHA,
+    ACTIVATION_CAP,
+    FoldedNet,
+    channel_ranges,
+    equalization_scales,
+    fold_batchnorm,
+    rescale,
+)
 from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec
 from spnas.quantize.bias_correction import BIAS_CORRECTION_IMAGES, correct_biases
 from spnas.quantize.calibration import CalibrationReader, PixelBatches
@@ -52,16 +67,26 @@ from spnas.quantize.plan import PLAN_FILE, LayerQuant, QuantPlan, TensorQuant, l
 from spnas.quantize.ranges import CLIP_WEIGHT, LOGIT_HEADROOM, PERCENTILE, RANGE_METHODS, set_ranges
 from spnas.quantize.simulate import simulate, simulate_tensors, weight_scales
 
-__all__ = ["BIAS_CORRECTION_IMAGES", "CLIP_WEIGHT", "PERCENTILE", "PLAN_FILE", "RANGE_METHODS", "CalibrationReader",
-           "LayerQuant", "PixelBatches", "QuantPlan", "TensorQuant", "build_plan", "correct_biases", "load_plan",
-           "plan_for", "plan_to_lower", "save_plan", "set_ranges", "simulate", "simulate_tensors", "weight_scales"]
+# Activation equalization reads per-channel maxima of this many calibration images, and is skipped with fewer:
+# from 32 images the maxima are too noisy and it cost 0.4-1.9 dB at the pooled features and the logits
+# (fixture, coarse8; from 64 it gained 0.5-2.0 dB: benchmarks/ptq_noise.py, docs/benchmarks.md).
+EQUALIZATION_IMAGES = 64
+
+__all__ = ["BIAS_CORRECTION_IMAGES", "CLIP_WEIGHT", "EQUALIZATION_IMAGES", "PERCENTILE", "PLAN_FILE",
+           "RANGE_METHODS", "CalibrationReader", "LayerQuant", "PixelBatches", "QuantPlan", "TensorQuant",
+           "build_plan", "correct_biases", "load_plan", "plan_for", "plan_to_lower", "save_plan", "set_ranges",
+           "simulate", "simulate_tensors", "weight_scales"]
 
 
 def build_plan(folded: FoldedNet, reader: CalibrationReader, spec: PreprocessSpec = DEFAULT_SPEC, *,
                range_setting: str = "mse", clip_weight: float = CLIP_WEIGHT, percentile: float = PERCENTILE,
-               bias_correction: bool = True, float_layers=(), weights_sha256: str | None = None,
-               ranges: dict | None = None) -> QuantPlan:
-    """The int8 plan of ``folded`` calibrated on ``reader`` (``ranges`` given: range setting is skipped)."""
+               bias_correction: bool = True, equalization: bool | dict = True, float_layers=(),
+               weights_sha256: str | None = None, ranges: dict | None = None) -> QuantPlan:
+    """The int8 plan of ``folded`` calibrated on ``reader`` (``ranges`` given: range setting is skipped).
+
+    ``equalization``: True computes the activation range equalization on the first ``EQUALIZATION_IMAGES``
+    images (skipped, and said in ``method``, when there are fewer), False leaves the net as folded, a
+    ``{producer: factors}`` dict (another plan's) is used as given."""
     missing = sorted(set(float_layers) - {conv.name for conv in folded.layers()})
     if missing:
         from spnas.errors import SpnasError
@@ -71,13 +96,27 @@ def build_plan(folded: FoldedNet, reader: CalibrationReader, spec: PreprocessSpe
               else None, "logit_headroom": LOGIT_HEADROOM}
     method.update({"mse": {"clip_weight": clip_weight},
                    "percentile": {"percentile": percentile}}.get(range_setting, {}))
+    if equalization is True:
+        images = _first_images(reader, EQUALIZATION_IMAGES)
+        if len(images) < EQUALIZATION_IMAGES:
+            factors = {}
+            method["equalization"] = {"rule": "skipped", "reason": f"{len(images)} calibration images, fewer "
+                                      f"than the {EQUALIZATION_IMAGES} its per-channel ranges need"}
+        else:
+            factors = equalization_scales(folded, channel_ranges(folded, images))
+            method["equalization"] = {"rule": "activation ranges", "alpha": ACTIVATION_ALPHA,
+                                      "cap": ACTIVATION_CAP, "images": int(len(images))}
+    else:
+        factors = {name: np.asarray(scale) for name, scale in (equalization or {}).items()}
+        method["equalization"] = {"rule": "given"} if factors else None
+    net = rescale(folded, factors) if factors else folded
     if ranges is None:
-        ranges = set_ranges(folded, reader, spec, range_setting, clip_weight, percentile)
-    plan = QuantPlan(tensors={name: TensorQuant.from_range(*ranges[name]) for name in folded.tensor_names()},
+        ranges = set_ranges(net, reader, spec, range_setting, clip_weight, percentile)
+    plan = QuantPlan(tensors={name: TensorQuant.from_range(*ranges[name]) for name in net.tensor_names()},
                      layers={conv.name: LayerQuant(weight_scales(conv.weight).tolist(), conv.bias.tolist())
-                             for conv in folded.layers()},
-                     float_layers=list(float_layers), method={**method, "bias_correction": bias_correction},
-                     weights_sha256=weights_sha256)
+                             for conv in net.layers()},
+                     float_layers=list(float_layers), equalization={k: v.tolist() for k, v in factors.items()},
+                     method={**method, "bias_correction": bias_correction}, weights_sha256=weights_sha256)
     if bias_correction:
         plan = correct_biases(folded, plan, _first_images(reader, BIAS_CORRECTION_IMAGES))
     return plan

@@ -27,7 +27,7 @@ class _Corrector(Int8Ops):
 
     def __init__(self, folded, plan):
         super().__init__(folded, plan)
-        self.float_layers = {conv.name: conv for conv in folded.layers()}
+        self.float_layers = {conv.name: conv for conv in plan.equalized(folded).layers()}
         self.corrected: dict[str, np.ndarray] = {}
 
     def conv(self, conv, pair):

@@ -72,7 +72,7 @@ def layer_drift(folded: FoldedNet, plan: QuantPlan, x_nchw: np.ndarray) -> list[
     for normalised NCHW inputs."""
     names = [conv.name for conv in folded.layers()]
     simulated = simulate_tensors(folded, plan, x_nchw, names)
-    reference = folded.activations(x_nchw)
+    reference = plan.equalized(folded).activations(x_nchw)  # its inner tensors are the plan's
     local = local_sqnr(folded, plan, reference)
     return [{"layer": name, "sqnr_db": sqnr_db(reference[name], simulated[name]), "local_sqnr_db": local[name]}
             for name in names]

@@ -76,7 +76,8 @@ def fallback(folded: FoldedNet, plan: QuantPlan, reader: CalibrationReader, spec
             break
         kept += added
         current = build_plan(folded, reader, spec, float_layers=kept, weights_sha256=plan.weights_sha256,
-                             ranges=ranges, bias_correction=plan.method.get("bias_correction", True), **options)
+                             ranges=ranges, bias_correction=plan.method.get("bias_correction", True),
+                             equalization=plan.equalization, **options)
         result = simulated_gate(folded, current, x_nchw, judge)
         parity = result["parity"]
         rounds.append({"round": number, "added": added, **parity, "passed": result["passed"]})

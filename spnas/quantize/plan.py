@@ -9,7 +9,11 @@ Conventions (what each format's lowering must reproduce):
   computed on the BatchNorm-folded weights (``spnas.folding``);
 - biases: float32, already bias-corrected; a format quantizes them to int32 at
   ``input scale * weight scale`` as usual;
-- ``float_layers``: timm layer names whose weights stay float (their output is still quantized).
+- ``float_layers``: timm layer names whose weights stay float (their output is still quantized);
+- ``equalization``: ``{producer: per-channel factor}`` of the activation range equalization
+  (``spnas.folding.rescale``): every format builds ``QuantPlan.lowered_net(folded)``, the folded
+  net rescaled by it with the plan's biases, and the weight scales and tensor grids are that net's.
+  A ``spnas.quant_plan/1`` file (no such field) is read as no equalization.
 
 Tensor names are ``spnas.folding.FoldedNet.tensor_names()``: ``"input"``, every conv by timm
 name (its output after ReLU), ``"blocks.S.B.add"``, ``"global_pool"``, ``"classifier"`` (logits).
@@ -26,9 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from spnas.errors import SpnasError
+from spnas.folding import relu_producers, rescale
 
 PLAN_FILE = "quant_plan.json"
-SCHEMA = "spnas.quant_plan/1"
+SCHEMA = "spnas.quant_plan/2"
+READABLE_SCHEMAS = ("spnas.quant_plan/1", SCHEMA)
 QMIN, QMAX = -128, 127
 
 
@@ -67,15 +73,24 @@ class QuantPlan:
     tensors: dict[str, TensorQuant]
     layers: dict[str, LayerQuant]
     float_layers: list[str] = field(default_factory=list)
+    equalization: dict[str, list[float]] = field(default_factory=dict)
     method: dict = field(default_factory=dict)  # how it was computed, for the report
     weights_sha256: str | None = None
     schema: str = SCHEMA
 
-    def apply_biases(self, folded):
-        """``folded`` with the plan's corrected biases (what every format's graph is built from)."""
+    def equalized(self, folded):
+        """``folded`` rescaled by the plan's equalization: the float net whose tensors the plan quantizes."""
+        if not self.equalization:
+            return folded
+        return rescale(folded, {name: np.asarray(scale) for name, scale in self.equalization.items()},
+                       "quant plan equalization")
+
+    def lowered_net(self, folded):
+        """``equalized(folded)`` with the plan's corrected biases: what every format's int8 graph is built from."""
+        net = self.equalized(folded)
         new = {conv.name: replace(conv, bias=np.asarray(self.layers[conv.name].bias, np.float32))
-               for conv in folded.layers()}
-        return folded.replace_layers(new, "quant plan biases")
+               for conv in net.layers()}
+        return net.replace_layers(new, "quant plan biases")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
@@ -83,14 +98,15 @@ class QuantPlan:
     @classmethod
     def from_json(cls, text: str) -> QuantPlan:
         data = json.loads(text)
-        if data.get("schema") != SCHEMA:
+        if data.get("schema") not in READABLE_SCHEMAS:
             raise ValueError(f"not a {SCHEMA} file (schema {data.get('schema')!r})")
         return cls(tensors={k: TensorQuant(float(v["scale"]), int(v["zero_point"]))
                             for k, v in data["tensors"].items()},
                    layers={k: LayerQuant([float(s) for s in v["weight_scales"]], [float(b) for b in v["bias"]])
                            for k, v in data["layers"].items()},
-                   float_layers=list(data["float_layers"]), method=dict(data["method"]),
-                   weights_sha256=data["weights_sha256"], schema=data["schema"])
+                   float_layers=list(data["float_layers"]),
+                   equalization={k: [float(s) for s in v] for k, v in data.get("equalization", {}).items()},
+                   method=dict(data["method"]), weights_sha256=data["weights_sha256"])
 
     def check(self, folded, weights_sha256: str | None = None) -> None:
         """Refuse a plan made for other weights or another graph, in one line."""
@@ -104,6 +120,11 @@ class QuantPlan:
             layer = self.layers[conv.name]
             if len(layer.weight_scales) != conv.weight.shape[0] or len(layer.bias) != conv.weight.shape[0]:
                 raise SpnasError(f"quant plan layer {conv.name}: wrong number of channels")
+        producers = relu_producers(folded)
+        for name, scale in self.equalization.items():
+            if producers.get(name) != len(scale) or not all(s > 0 for s in scale):
+                raise SpnasError(f"quant plan equalization {name}: not a ReLU-separated layer's positive "
+                                 "per-channel factors")
         bad = [name for name, t in self.tensors.items() if not (t.scale > 0 and QMIN <= t.zero_point <= QMAX)]
         if bad:
             raise SpnasError(f"quant plan: invalid scale or zero point for {', '.join(bad)}")

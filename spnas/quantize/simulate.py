@@ -1,6 +1,7 @@
 """The torch int8 simulation of a plan: what every format's int8 runtime computes, in float.
 
-Weights are rounded to the plan's per-channel grids, each conv adds the plan's bias rounded to
+The net is the plan's (``QuantPlan.equalized``: the folded net rescaled by its equalization);
+weights are rounded to the plan's per-channel grids, each conv adds the plan's bias rounded to
 int32 at ``input scale x weight scale`` (as TFLite and ONNX Runtime store it), and every tensor
 of the walk is rounded and clipped to its affine int8 grid (``fake_quant``).  What remains
 between this and a runtime is the runtime's requantization (fixed-point or float multipliers,
@@ -99,6 +100,7 @@ class Int8Ops(NetOps):
 
     def __init__(self, folded: FoldedNet, plan: QuantPlan):
         self.plan = plan
+        folded = plan.equalized(folded)
         biases = lowered_biases(folded, plan)
         self.layers = {conv.name: replace(conv, weight=conv.weight if conv.name in plan.float_layers
                                           else quantize_weight(conv.weight, plan.layers[conv.name].weight_scales),
