@@ -8,8 +8,8 @@ trained, a 6-class linear probe at 256 px).
 Calibration: the first N rows of ``labels.csv``; evaluation: rows 600-799 for every size, so only the calibration
 set changes.  Per model and size: the simulation's pooled-feature and logit SQNR and top-1 against float (the
 simulation is what every runtime computes, within 1 dB: ``tests/test_quantize.py``) and the plan's seconds, for the
-default plan (with activation equalization from ``EQUALIZATION_IMAGES`` images on), the plan without it, and below
-that count the plan equalized anyway on every image there is: why the default skips it there.
+default plan (activation equalization from ``EQUALIZATION_MIN_IMAGES`` images on), the plan without it, and below
+that count the plan equalized anyway as it would be with enough images: why the default skips it there.
 ``spnas-export`` calibrates on ``--num-calib`` images (200 by default) of its seeded split; ``gate_rule.py``
 uses 32.  Writes ``benchmarks/results/calibration_size.json`` with the CPU model and the load average.
 """
@@ -37,7 +37,7 @@ def measure(weights: str, sizes: list[int]) -> dict:
     from spnas.folding import channel_ranges, equalization_scales, fold_batchnorm
     from spnas.images import labelled_rows
     from spnas.preprocess import normalize
-    from spnas.quantize import EQUALIZATION_IMAGES, PixelBatches, build_plan
+    from spnas.quantize import EQUALIZATION_IMAGES, EQUALIZATION_MIN_IMAGES, PixelBatches, build_plan
     from spnas.quantize.drift import body_sqnr
     from spnas.source import resolve_source
 
@@ -51,8 +51,9 @@ def measure(weights: str, sizes: list[int]) -> dict:
     for size in sizes:
         pixels = calibration[:size]
         variants = {"default": True, "without equalization": False}
-        if size < EQUALIZATION_IMAGES:
-            variants["equalized anyway"] = equalization_scales(folded, channel_ranges(folded, normalize(pixels, spec)))
+        if size < EQUALIZATION_MIN_IMAGES:
+            first = normalize(pixels[:EQUALIZATION_IMAGES], spec)
+            variants["equalized anyway"] = equalization_scales(folded, channel_ranges(folded, first))
         row = {"calibration_images": size}
         for label, equalization in variants.items():
             start = time.perf_counter()

@@ -44,7 +44,7 @@ def measure(weights: str) -> dict:
     from spnas.images import labelled_rows
     from spnas.parity import compare, sqnr_db
     from spnas.preprocess import normalize
-    from spnas.quantize import PixelBatches, build_plan
+    from spnas.quantize import EQUALIZATION_IMAGES, PixelBatches, build_plan
     from spnas.quantize.drift import POOLED, float_tensors
     from spnas.quantize.simulate import Int8Ops, fake_quant, walk_tensors
     from spnas.source import resolve_source
@@ -102,7 +102,7 @@ def measure(weights: str) -> dict:
     print(f"  worst tensors: {worst}", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    net = equalize(folded, channel_ranges(folded, normalize(calibration[:64], spec)), **UNCAPPED)
+    net = equalize(folded, channel_ranges(folded, normalize(calibration[:EQUALIZATION_IMAGES], spec)), **UNCAPPED)
     plan, seconds = timed_plan(net, equalization=False)
     label = "equalized (alpha 1, cap 1000)"
     rows[label] = row(net, Int8Ops(net, plan), time.perf_counter() - start)

@@ -92,9 +92,9 @@ def reference_logits(fixture_model, parity_pixels) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def quant_plan(cli_exports):
-    """The int8 plan of the fixture weights that the session's ``spnas-export --format all --int8`` wrote (64
-    calibration images of its seeded split), shared by every format's int8 fixture: computing a plan takes
-    longer than lowering it, and this one is computed anyway."""
+    """The int8 plan of the fixture weights that the session's ``spnas-export --format all --int8`` wrote (128
+    calibration images of its seeded split: the fewest its activation equalization takes), shared by every
+    format's int8 fixture: computing a plan takes longer than lowering it, and this one is computed anyway."""
     from spnas.quantize import load_plan
 
     return load_plan(cli_exports / "quant_plan.json")
@@ -127,7 +127,7 @@ def cli_exports(tmp_path_factory, fixture_weights, imagenet_dir) -> Path:
 
     out = tmp_path_factory.mktemp("cli_exports") / "exports"
     command = [sys.executable, "-m", "spnas.cli.export", "--format", "all", "--int8", "--weights",
-               str(fixture_weights), "--calib", str(imagenet_dir), "--num-calib", "64", "--num-parity", "20",
+               str(fixture_weights), "--calib", str(imagenet_dir), "--num-calib", "128", "--num-parity", "20",
                "--app", "mediapipe", "--coreml-ep", "--out", str(out), "--quiet"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     assert "Traceback" not in result.stderr, result.stderr

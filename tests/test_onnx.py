@@ -1,7 +1,7 @@
 """ONNX export: the real dynamo exporter, onnxsim, the int8 plan lowered by ONNX Runtime's quantizer, inference.
 
-One fp32 + int8 export per session (``onnx_artifacts``; the plan from the 64 calibration crops,
-as the TFLite tests use); the int8 model is held to the plan's own int8 simulation on the 40
+One fp32 + int8 export per session (``onnx_artifacts``; the plan of the session's CLI export,
+``quant_plan``); the int8 model is held to the plan's own int8 simulation on the 40
 held-out ``parity_pixels`` (a broken plan failing parity in every format: ``test_quantize.py``).
 """
 

@@ -15,7 +15,7 @@ from spnas.faults import apply_fault
 from spnas.preprocess import DEFAULT_SPEC
 
 VERIFY = [sys.executable, "-m", "spnas.cli.verify"]
-SPLIT = ["--num-calib", "64", "--num-parity", "20"]  # as conftest's cli_exports
+SPLIT = ["--num-calib", "128", "--num-parity", "20"]  # as conftest's cli_exports
 EXECUTORCH_INSTALLED = importlib.util.find_spec("executorch") is not None  # --format all skips it otherwise
 
 pytestmark = pytest.mark.parity

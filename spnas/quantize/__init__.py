@@ -67,15 +67,18 @@ from spnas.quantize.plan import PLAN_FILE, LayerQuant, QuantPlan, TensorQuant, l
 from spnas.quantize.ranges import CLIP_WEIGHT, LOGIT_HEADROOM, PERCENTILE, RANGE_METHODS, set_ranges
 from spnas.quantize.simulate import simulate, simulate_tensors, weight_scales
 
-# Activation equalization reads per-channel maxima of this many calibration images, and is skipped with fewer:
-# from 32 images the maxima are too noisy and it cost 0.4-1.9 dB at the pooled features and the logits
-# (fixture, coarse8; from 64 it gained 0.5-2.0 dB: benchmarks/ptq_noise.py, docs/benchmarks.md).
+# Activation equalization takes its per-channel maxima from the first EQUALIZATION_IMAGES calibration images and is
+# applied from EQUALIZATION_MIN_IMAGES on (benchmarks/calibration_size.py, four models): with 32 images in all it
+# cost 0.6-1.4 dB at the pooled features and with 64 it was mixed (-0.2 to +1.1 dB); from 128 and 200 it gained on
+# every model.  Maxima over 128
+# images instead of 64 reach rarer extremes: the gains shrank, to a 0.2 dB loss on the 6-class probe at 200.
 EQUALIZATION_IMAGES = 64
+EQUALIZATION_MIN_IMAGES = 128
 
-__all__ = ["BIAS_CORRECTION_IMAGES", "CLIP_WEIGHT", "EQUALIZATION_IMAGES", "PERCENTILE", "PLAN_FILE",
-           "RANGE_METHODS", "CalibrationReader", "LayerQuant", "PixelBatches", "QuantPlan", "TensorQuant",
-           "build_plan", "correct_biases", "load_plan", "plan_for", "plan_to_lower", "save_plan", "set_ranges",
-           "simulate", "simulate_tensors", "weight_scales"]
+__all__ = ["BIAS_CORRECTION_IMAGES", "CLIP_WEIGHT", "EQUALIZATION_IMAGES", "EQUALIZATION_MIN_IMAGES", "PERCENTILE",
+           "PLAN_FILE", "RANGE_METHODS", "CalibrationReader", "LayerQuant", "PixelBatches", "QuantPlan",
+           "TensorQuant", "build_plan", "correct_biases", "load_plan", "plan_for", "plan_to_lower", "save_plan",
+           "set_ranges", "simulate", "simulate_tensors", "weight_scales"]
 
 
 def build_plan(folded: FoldedNet, reader: CalibrationReader, spec: PreprocessSpec = DEFAULT_SPEC, *,
@@ -85,8 +88,8 @@ def build_plan(folded: FoldedNet, reader: CalibrationReader, spec: PreprocessSpe
     """The int8 plan of ``folded`` calibrated on ``reader`` (``ranges`` given: range setting is skipped).
 
     ``equalization``: True computes the activation range equalization on the first ``EQUALIZATION_IMAGES``
-    images (skipped, and said in ``method``, when there are fewer), False leaves the net as folded, a
-    ``{producer: factors}`` dict (another plan's) is used as given."""
+    images (skipped, and said in ``method``, with fewer than ``EQUALIZATION_MIN_IMAGES`` in all), False leaves
+    the net as folded, a ``{producer: factors}`` dict (another plan's) is used as given."""
     missing = sorted(set(float_layers) - {conv.name for conv in folded.layers()})
     if missing:
         from spnas.errors import SpnasError
@@ -97,12 +100,13 @@ def build_plan(folded: FoldedNet, reader: CalibrationReader, spec: PreprocessSpe
     method.update({"mse": {"clip_weight": clip_weight},
                    "percentile": {"percentile": percentile}}.get(range_setting, {}))
     if equalization is True:
-        images = _first_images(reader, EQUALIZATION_IMAGES)
-        if len(images) < EQUALIZATION_IMAGES:
+        count = len(reader) if hasattr(reader, "__len__") else len(_first_images(reader, EQUALIZATION_MIN_IMAGES))
+        if count < EQUALIZATION_MIN_IMAGES:
             factors = {}
-            method["equalization"] = {"rule": "skipped", "reason": f"{len(images)} calibration images, fewer "
-                                      f"than the {EQUALIZATION_IMAGES} its per-channel ranges need"}
+            method["equalization"] = {"rule": "skipped", "reason": f"{count} calibration images, fewer than the "
+                                      f"{EQUALIZATION_MIN_IMAGES} it needs"}
         else:
+            images = _first_images(reader, EQUALIZATION_IMAGES)
             factors = equalization_scales(folded, channel_ranges(folded, images))
             method["equalization"] = {"rule": "activation ranges", "alpha": ACTIVATION_ALPHA,
                                       "cap": ACTIVATION_CAP, "images": int(len(images))}
