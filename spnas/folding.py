@@ -284,9 +284,11 @@ def equalization_scales(folded: FoldedNet, activation_ranges: dict[str, np.ndarr
     """
     pairs = list(_relu_pairs(folded))
     if activation_ranges is not None:
-        return {producer: np.clip((activation_ranges[producer].astype(np.float64).max()
-                                   / np.maximum(activation_ranges[producer].astype(np.float64), 1e-30)) ** alpha,
-                                  1.0, cap) for producer, _ in pairs}
+        factors = {}
+        for producer, _ in pairs:
+            ranges = activation_ranges[producer].astype(np.float64)
+            factors[producer] = np.clip((ranges.max() / np.maximum(ranges, 1e-30)) ** alpha, 1.0, cap)
+        return factors
     layers = {conv.name: conv for conv in folded.layers()}
     total = {producer: np.ones(layers[producer].weight.shape[0]) for producer, _ in pairs}
     for _ in range(iterations):

@@ -70,8 +70,8 @@ from spnas.quantize.simulate import simulate, simulate_tensors, weight_scales
 # Activation equalization takes its per-channel maxima from the first EQUALIZATION_IMAGES calibration images and is
 # applied from EQUALIZATION_MIN_IMAGES on (benchmarks/calibration_size.py, four models): with 32 images in all it
 # cost 0.6-1.4 dB at the pooled features and with 64 it was mixed (-0.2 to +1.1 dB); from 128 and 200 it gained on
-# every model.  Maxima over 128
-# images instead of 64 reach rarer extremes: the gains shrank, to a 0.2 dB loss on the 6-class probe at 200.
+# every model.  Maxima over 128 images instead of 64 reach rarer extremes: the gains shrank, to a 0.2 dB loss on
+# the 6-class probe at 200.
 EQUALIZATION_IMAGES = 64
 EQUALIZATION_MIN_IMAGES = 128
 
@@ -95,12 +95,12 @@ def build_plan(folded: FoldedNet, reader: CalibrationReader, spec: PreprocessSpe
         from spnas.errors import SpnasError
 
         raise SpnasError(f"float layer(s) not in the graph: {', '.join(missing)}")
-    method = {"range_setting": range_setting, "calibration_images": len(reader) if hasattr(reader, "__len__")
-              else None, "logit_headroom": LOGIT_HEADROOM}
+    known_count = len(reader) if hasattr(reader, "__len__") else None
+    method = {"range_setting": range_setting, "calibration_images": known_count, "logit_headroom": LOGIT_HEADROOM}
     method.update({"mse": {"clip_weight": clip_weight},
                    "percentile": {"percentile": percentile}}.get(range_setting, {}))
     if equalization is True:
-        count = len(reader) if hasattr(reader, "__len__") else len(_first_images(reader, EQUALIZATION_MIN_IMAGES))
+        count = known_count if known_count is not None else len(_first_images(reader, EQUALIZATION_MIN_IMAGES))
         if count < EQUALIZATION_MIN_IMAGES:
             factors = {}
             method["equalization"] = {"rule": "skipped", "reason": f"{count} calibration images, fewer than the "
