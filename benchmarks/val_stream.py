@@ -12,7 +12,9 @@ and runs the real ``--val`` machinery on it:
    50,000 images would take at that rate (extrapolated, said so in the JSON);
 3. unless ``--rate-only``: the whole set streamed through one model (``--full-pass-model``) in
    the reference's slot: memory does not grow with the number of images, which is what this
-   pass measures; peak RSS of this fresh process and of its decoding workers.
+   pass measures; peak RSS of this fresh process and of its decoding workers;
+4. ``spnas-verify ARTIFACT --val`` on the 200 held-out rows for the int8 ``.tflite`` and the int8
+   ``.mlpackage``, in turns (``--verify-turns``): their wall times with start-up and the ratio.
 
 Records the CPU model and the load average.  Writes ``benchmarks/results/val_stream.json``.
 Not a test: it takes tens of minutes on 2 cores.
@@ -63,6 +65,8 @@ def main() -> int:
     parser.add_argument("--full-pass-model", default="spnasnet_100_int8.tflite",
                         help="the model streamed over the whole set (default spnasnet_100_int8.tflite)")
     parser.add_argument("--exports", metavar="DIR", help="use the coarse8 artifacts in DIR instead of exporting")
+    parser.add_argument("--verify-turns", type=int, default=3,
+                        help="interleaved spnas-verify --val runs per int8 artifact (default 3)")
     parser.add_argument("--measure", metavar="WORK", help=argparse.SUPPRESS)  # the clean measuring process
     args = parser.parse_args()
     if args.measure:
@@ -91,6 +95,8 @@ def main() -> int:
                    *(["--workers", str(args.workers)] if args.workers is not None else [])]
         load_before = os.getloadavg()
         measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        measured["verify_val"] = verify_val_times(Path(args.exports) if args.exports else work / "all", work,
+                                                  args.verify_turns)
     quiet = load_before[0] < 0.75 * (os.cpu_count() or 1)
     document = {"machine": {"cpu": cpu_model(platform.processor()), "cores": os.cpu_count(),
                             "load_average_before": load_before, "load_average": os.getloadavg(),
@@ -102,6 +108,26 @@ def main() -> int:
     RESULTS.write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(document, indent=2))
     return 0
+
+
+def verify_val_times(exports: Path, work: Path, turns: int) -> dict:
+    """Wall seconds of ``spnas-verify ARTIFACT --val`` on the 200 held-out rows (start-up included, as a user
+    waits for it), the int8 ``.tflite`` and ``.mlpackage`` in turns; medians and their ratio."""
+    import statistics
+
+    folder = synthetic_folder(work / "verify", 200)  # rows 600-799, once each
+    seconds: dict[str, list[float]] = {}
+    for _ in range(turns):
+        for name in ("spnasnet_100_int8.tflite", "spnasnet_100_int8.mlpackage"):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "spnas.cli.verify", str(exports / name), "--val", str(folder),
+                            "--quiet"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            seconds.setdefault(name, []).append(round(time.perf_counter() - start, 2))
+    median = {name: statistics.median(runs) for name, runs in seconds.items()}
+    return {"n_images": 200, "seconds": seconds, "median_seconds": median,
+            "mlpackage_over_tflite": round(median["spnasnet_100_int8.mlpackage"] / median["spnasnet_100_int8.tflite"],
+                                           2),
+            "note": "spnas-verify ARTIFACT --val on coarse8.csv rows 600-799, wall time with start-up, run in turns"}
 
 
 class ChildPeak:

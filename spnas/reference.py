@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from spnas.export import RunnerBase
@@ -9,16 +11,22 @@ from spnas.preprocess import DEFAULT_SPEC, PreprocessSpec, normalize
 
 
 class TorchRunner(RunnerBase):
+    """Runs a copy of the model in channels-last memory: PyTorch's CPU depthwise convolutions take 0.6x the time
+    there (the same function; logits within a few float32 ulps of the NCHW run), and the caller's model is left
+    as it was."""
+
     format = "pytorch"
     precision = "fp32"
 
     def __init__(self, model, spec: PreprocessSpec = DEFAULT_SPEC, batch_size: int = 16):
-        self.model = model.eval()
+        import torch
+
+        self.model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
         self.spec = spec
         self.batch_size = batch_size
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
-        return normalize(pixels, self.spec)
+        return normalize(pixels, self.spec, "NHWC")
 
     def invoke(self, prepared: np.ndarray) -> np.ndarray:
         import torch
@@ -26,5 +34,6 @@ class TorchRunner(RunnerBase):
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(prepared), self.batch_size):
-                outputs.append(self.model(torch.from_numpy(prepared[start:start + self.batch_size])).numpy())
+                images = torch.from_numpy(prepared[start:start + self.batch_size]).permute(0, 3, 1, 2)
+                outputs.append(self.model(images).numpy())
         return np.concatenate(outputs).astype(np.float32)

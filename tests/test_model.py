@@ -126,6 +126,19 @@ def test_fixture_weights_load_and_classify(fixture_model, reference_logits, labe
     assert accuracy > 0.8  # the fixture was trained on these images; random weights score ~0
 
 
+def test_reference_runner_computes_the_model_in_channels_last_and_leaves_it_alone(fixture_model, parity_pixels,
+                                                                                   reference_logits):
+    """The reference runs a channels-last copy (faster depthwise convolutions): the caller's model keeps its NCHW
+    memory, and the logits are the NCHW forward pass's within float32 rounding, with the same top-1."""
+    from spnas.preprocess import normalize
+
+    assert all(p.is_contiguous() for p in fixture_model.parameters())
+    with torch.inference_mode():
+        nchw = fixture_model.eval()(torch.from_numpy(normalize(parity_pixels))).numpy()
+    assert (reference_logits.argmax(1) == nchw.argmax(1)).all()
+    torch.testing.assert_close(torch.from_numpy(reference_logits), torch.from_numpy(nchw), rtol=0, atol=1e-4)
+
+
 def test_block_string_parsing():
     assert decode_block_string("ir_r3_k5_s2_e6_c40") == {
         "block_type": "ir", "repeat": 3, "kernel_size": 5, "stride": 2, "exp_ratio": 6.0, "skip": True,
