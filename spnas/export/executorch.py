@@ -130,8 +130,21 @@ def metadata_methods(metadata: dict[str, str], class_names: list[str]) -> dict[s
     return methods
 
 
+def _drop_provenance(exported) -> None:
+    """Drop the nodes' ``from_node`` provenance: every EXIR pass deep-copies that chain into the nodes it makes, so
+    lowering the int8 program spent a seventh of its time copying it (23.3 s with it, 20.0 s without, AMD EPYC).
+    Debugging metadata only: the delegate's ops, weights and outputs are the same."""
+    import torch
+
+    for module in exported.graph_module.modules():
+        if isinstance(getattr(module, "graph", None), torch.fx.Graph):
+            for node in module.graph.nodes:
+                node.meta.pop("from_node", None)
+
+
 def lower(exported, constant_methods: dict[str, object]) -> tuple[bytes, dict]:
     """Lower to XNNPACK and serialise; raise if any op would run outside the delegate."""
+    _drop_provenance(exported)
     with _quiet():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.devtools.backend_debug import get_delegation_info

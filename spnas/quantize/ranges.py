@@ -58,7 +58,7 @@ class _Observer(NetOps):
         import torch
 
         if self.bounds is None:
-            low, high = float(x.min()), float(x.max())
+            low, high = (float(v) for v in torch.aminmax(x))  # one pass, not two
             old = self.stats.get(name, (low, high))
             self.stats[name] = (min(old[0], low), max(old[1], high))
         else:
